@@ -1,0 +1,133 @@
+"""Which device to run on, which dtypes it supports, and a report of the environment."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+
+import torch
+
+#: dtypes probed by :func:`supported_dtypes`, by their short names.
+PROBED_DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def default_device() -> torch.device:
+    """The best available device: CUDA, then Apple's MPS, then the CPU.
+
+    :returns: a :class:`torch.device`.
+
+    Introduced in {doc}`/book/part0/02-environment`.
+    """
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _matmul_works(device: torch.device, dtype: torch.dtype) -> bool:
+    try:
+        a = torch.ones(8, 8, device=device, dtype=dtype)
+        out = a @ a
+        return bool(torch.isfinite(out.float()).all()) and float(out[0, 0]) == 8.0
+    except (RuntimeError, TypeError):
+        return False
+
+
+def supported_dtypes(device: torch.device | str | None = None) -> dict[str, bool]:
+    """Probe which floating-point dtypes can run a matmul on ``device``.
+
+    A probe beats a lookup table: support depends on the build, the driver and the hardware.
+
+    :param device: the device to probe (default: :func:`default_device`).
+    :returns: short dtype name mapped to whether an 8 x 8 matmul succeeds and is exact.
+
+    Introduced in {doc}`/book/part0/02-environment`.
+    """
+    device = torch.device(device) if device is not None else default_device()
+    return {name: _matmul_works(device, dt) for name, dt in PROBED_DTYPES.items()}
+
+
+def autocast_dtype(device: torch.device | str | None = None) -> torch.dtype | None:
+    """The low-precision dtype mixed-precision training should use on ``device``.
+
+    bfloat16 keeps float32's exponent range, so it needs no loss scaling; it is preferred wherever a
+    bf16 matmul works. float16 is the fallback on older CUDA GPUs and then needs a gradient scaler.
+
+    :param device: the device (default: :func:`default_device`).
+    :returns: ``torch.bfloat16``, ``torch.float16``, or None when neither works.
+
+    Introduced in {doc}`/book/part0/02-environment`.
+    """
+    device = torch.device(device) if device is not None else default_device()
+    support = supported_dtypes(device)
+    if support["bfloat16"]:
+        return torch.bfloat16
+    if support["float16"] and device.type == "cuda":
+        return torch.float16
+    return None
+
+
+def cpu_features() -> list[str]:
+    """The CPU's vector and matrix extensions that matter for deep learning (Linux only).
+
+    :returns: the subset of ``avx2``, ``avx512f``, ``avx512_bf16``, ``amx_bf16``, ``amx_tile``, ``neon``
+        that ``/proc/cpuinfo`` lists; empty elsewhere.
+    """
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "neon", "asimd")
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    flags = set(line.split(":", 1)[1].split())
+                    return [w for w in wanted if w in flags]
+    except OSError:
+        pass
+    return []
+
+
+def _cpu_model_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def environment_report(device: torch.device | str | None = None) -> dict[str, object]:
+    """A JSON-friendly description of where code is running, for the top of every experiment.
+
+    :param device: the device to describe (default: :func:`default_device`).
+    :returns: versions, device name, core and thread counts, supported dtypes and CPU features.
+
+    Introduced in {doc}`/book/part0/02-environment`.
+    """
+    device = torch.device(device) if device is not None else default_device()
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    elif device.type == "mps":
+        name = "Apple MPS"
+    else:
+        name = _cpu_model_name() or platform.processor() or platform.machine()
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "device": str(device),
+        "device_name": name,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda_available": torch.cuda.is_available(),
+        "supported_dtypes": supported_dtypes(device),
+        "cpu_features": cpu_features(),
+    }

@@ -1,0 +1,119 @@
+"""The model configuration: one validated dataclass that describes every GPT the book builds."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+POS_EMBEDDINGS = ("learned", "sinusoidal")
+NORMS = ("layernorm", "none")
+ATTN_IMPLS = ("fused", "reference")
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    """Shape and switches of a decoder-only transformer.
+
+    The defaults give a tiny model that trains in seconds on a laptop CPU. Every field is checked in
+    ``__post_init__``; a bad value raises :class:`ValueError` whose message starts with the field name,
+    so a typo in a recipe points at itself.
+
+    Introduced in {doc}`/book/part1/07-gpt-model`.
+    """
+
+    vocab_size: int = 256
+    """Number of token ids the embedding and the LM head cover (V)."""
+    block_size: int = 64
+    """Longest sequence the model accepts: the context length (T at most)."""
+    n_layer: int = 2
+    """Number of transformer blocks stacked on top of each other."""
+    n_head: int = 4
+    """Number of attention heads per block (H)."""
+    n_embd: int = 64
+    """Width of the residual stream (C); must be divisible by ``n_head``."""
+    dropout: float = 0.0
+    """Dropout probability on embeddings, attention weights and residual branches, in [0, 1)."""
+    bias: bool = True
+    """Whether linear layers and norms carry additive biases (GPT-2 does; Llama does not)."""
+    pos_embedding: str = "learned"
+    """How positions enter the model: ``"learned"`` (a trained table) or ``"sinusoidal"`` (fixed)."""
+    norm: str = "layernorm"
+    """Normalisation in each block and before the head: ``"layernorm"`` or ``"none"`` (an ablation)."""
+    residual: bool = True
+    """Whether blocks add their output to the residual stream; ``False`` only for the ablation of 1.6."""
+    attn_impl: str = "fused"
+    """Attention kernel: ``"fused"`` (``torch.nn.functional.scaled_dot_product_attention``) or
+    ``"reference"`` (the readable implementation of the book, proven equal)."""
+    tie_weights: bool = True
+    """Whether the LM head reuses the token embedding matrix (saves V x C parameters)."""
+    norm_eps: float = 1e-5
+    """Epsilon added to the variance inside the norm, for numerical safety."""
+    init_std: float = 0.02
+    """Standard deviation of the normal initialisation of linear and embedding weights."""
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(
+                f"n_embd: must be divisible by n_head ({self.n_head}), got {self.n_embd}"
+            )
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout: must be in [0, 1), got {self.dropout!r}")
+        for name in ("bias", "residual", "tie_weights"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}: must be True or False, got {getattr(self, name)!r}")
+        for name, allowed in (
+            ("pos_embedding", POS_EMBEDDINGS),
+            ("norm", NORMS),
+            ("attn_impl", ATTN_IMPLS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}: must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("norm_eps", "init_std"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"{name}: must be a positive number, got {value!r}")
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head (D = C / H)."""
+        return self.n_embd // self.n_head
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as a plain JSON-serialisable dict.
+
+        :returns: a dict with one entry per field.
+        """
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Build a config from a dict, rejecting unknown keys by name.
+
+        :param data: field names mapped to values, as written by :meth:`to_dict`.
+        :returns: the validated config.
+        :raises ValueError: when a key is not a field, or a value is invalid.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{unknown[0]}: not a ModelConfig field (known: {sorted(known)})")
+        return cls(**data)
+
+    @classmethod
+    def tiny(cls) -> ModelConfig:
+        """The defaults: 2 layers, 4 heads, width 64; for tests and quick experiments."""
+        return cls()
+
+    @classmethod
+    def gpt2_small(cls) -> ModelConfig:
+        """The 124M-parameter GPT-2 small shape (12 layers, 12 heads, width 768, context 1024)."""
+        return cls(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)
+
+    @classmethod
+    def nanogpt_shakespeare_cpu(cls) -> ModelConfig:
+        """nanoGPT's CPU Shakespeare shape: 4 layers, 4 heads, width 128, context 64, vocab 65."""
+        return cls(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128)

@@ -1,0 +1,38 @@
+"""The position-wise feed-forward block with a GELU non-linearity."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from llmbook.model.config import ModelConfig
+
+
+class MLP(nn.Module):
+    r"""Two linear maps with a GELU between them, applied to each position independently.
+
+    $$\operatorname{MLP}(x) = W_\text{down}\,\operatorname{GELU}(W_\text{up} x + b_\text{up}) + b_\text{down}$$
+
+    The hidden width is $4C$, as in the original transformer and GPT-2. GELU uses the tanh
+    approximation that GPT-2 was trained with, so weights port between the two exactly.
+
+    :param config: the model config (uses ``n_embd``, ``bias``, ``dropout``).
+
+    Introduced in {doc}`/book/part1/05-feed-forward`.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        hidden = 4 * config.n_embd
+        self.up_proj = nn.Linear(config.n_embd, hidden, bias=config.bias)
+        self.act = nn.GELU(approximate="tanh")
+        self.down_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the block.
+
+        :param x: ``(B, T, C)``.
+        :returns: ``(B, T, C)``.
+        """
+        return self.dropout(self.down_proj(self.act(self.up_proj(x))))  # (B, T, C)

@@ -1,0 +1,45 @@
+"""Layer normalisation, written out (Ba et al., 2016)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class LayerNorm(nn.Module):
+    r"""LayerNorm over the last dimension, with an optional bias.
+
+    $$\operatorname{LN}(x) = \gamma \odot \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}} + \beta,\qquad
+    \mu = \tfrac1C\sum_c x_c,\quad \sigma^2 = \tfrac1C\sum_c (x_c - \mu)^2$$
+
+    The variance is the biased (population) one, as in :class:`torch.nn.LayerNorm`; the tests prove
+    the two equal. ``torch.nn.LayerNorm`` gained ``bias=False`` only in 2.1, and writing it out is the point.
+
+    :param dim: size of the normalised (last) dimension (C).
+    :param eps: added to the variance before the square root.
+    :param bias: whether to learn the shift $\beta$.
+
+    Introduced in {doc}`/book/part1/06-residual-layernorm`.
+    """
+
+    def __init__(self, dim: int, *, eps: float = 1e-5, bias: bool = True) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise ``x`` over its last dimension.
+
+        :param x: ``(..., C)``.
+        :returns: the normalised tensor, same shape and dtype.
+        """
+        # Low-precision inputs are normalised in float32: the mean of squares loses digits in bf16.
+        xf = x.float()
+        mean = xf.mean(dim=-1, keepdim=True)
+        var = (xf - mean).pow(2).mean(dim=-1, keepdim=True)
+        y = ((xf - mean) * torch.rsqrt(var + self.eps)).to(x.dtype)
+        y = y * self.weight
+        if self.bias is not None:
+            y = y + self.bias
+        return y

@@ -1,0 +1,58 @@
+"""A record of where and how a chapter or experiment ran: device, seed, wall time."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from llmbook.device import default_device, environment_report
+from llmbook.seed import set_seed
+
+
+@dataclass
+class RunInfo:
+    """Seeded start of a run and its environment; :meth:`summary` is the line every chapter ends with.
+
+    Introduced in {doc}`/book/part0/02-environment`.
+    """
+
+    seed: int
+    """The seed every generator was set to at the start."""
+    device: torch.device
+    """The device the run uses."""
+    environment: dict = field(repr=False)
+    """The :func:`~llmbook.device.environment_report` taken at the start."""
+    started: float = field(default_factory=time.perf_counter, repr=False)
+    """``time.perf_counter()`` at the start."""
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the run started."""
+        return time.perf_counter() - self.started
+
+    def summary(self) -> str:
+        """One line: device, threads, torch version, seed and wall time so far.
+
+        :returns: e.g. ``"Ran on cpu (x86_64, 2 threads), torch 2.13.0, seed 0, in 12.3 s."``
+        """
+        env = self.environment
+        return (
+            f"Ran on {env['device']} ({env['device_name']}, {env['torch_threads']} threads), "
+            f"torch {env['torch']}, seed {self.seed}, in {self.elapsed:.1f} s."
+        )
+
+
+def start_run(seed: int = 0, device: torch.device | str | None = None) -> RunInfo:
+    """Seed everything and note the environment; call once at the top of a chapter.
+
+    :param seed: the seed for :func:`~llmbook.seed.set_seed`.
+    :param device: the device to use (default: :func:`~llmbook.device.default_device`).
+    :returns: the :class:`RunInfo`.
+
+    Introduced in {doc}`/book/part0/02-environment`.
+    """
+    set_seed(seed)
+    device = torch.device(device) if device is not None else default_device()
+    return RunInfo(seed=seed, device=device, environment=environment_report(device))
