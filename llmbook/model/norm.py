@@ -38,8 +38,7 @@ class LayerNorm(nn.Module):
         xf = x.float()
         mean = xf.mean(dim=-1, keepdim=True)
         var = (xf - mean).pow(2).mean(dim=-1, keepdim=True)
-        y = ((xf - mean) * torch.rsqrt(var + self.eps)).to(x.dtype)
-        y = y * self.weight
+        y = (xf - mean) * torch.rsqrt(var + self.eps) * self.weight.float()
         if self.bias is not None:
-            y = y + self.bias
-        return y
+            y = y + self.bias.float()
+        return y.to(x.dtype)

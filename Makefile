@@ -1,0 +1,77 @@
+# make book   build the site with every chapter executed (the main job)
+# make test   run the whole test suite: unit tests, every chapter, the built site in a browser
+# Both create or refresh the virtual environment in .venv first.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_VERSION := 2.13.0
+STAMP := $(VENV)/.llmbook-installed
+# MATHJAX=local serves MathJax 3 vendored from npm (offline builds, the browser test); MATHJAX=cdn
+# keeps Sphinx's CDN URL (the hosted site).
+MATHJAX ?= local
+MATHJAX_DIR := $(abspath .vendor/node_modules/mathjax/es5)
+
+# The corpora mirror, when this checkout sits beside ../shared (developers' machines and CI).
+ifneq ($(wildcard ../shared/data),)
+export LLMBOOK_DATA_DIR ?= $(abspath ../shared/data)
+endif
+
+.PHONY: venv book book-clean test test-fast mathjax lint clean help
+help:
+	@sed -n '1,3p' Makefile
+
+venv: $(STAMP)
+
+# torch goes in first, pinned, so that nothing later can pull a different (CUDA) build; see README.
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --upgrade pip
+	@if $(BIN)/python -c "import torch, sys; sys.exit(not torch.__version__.startswith('$(TORCH_VERSION)'))" 2>/dev/null; then \
+	  echo "torch $(TORCH_VERSION) already installed"; \
+	elif $(BIN)/python -m pip install --quiet --no-index torch==$(TORCH_VERSION) 2>/dev/null; then \
+	  echo "torch $(TORCH_VERSION) installed from a local wheel"; \
+	elif command -v nvidia-smi >/dev/null 2>&1 || [ "$$(uname -s)" = "Darwin" ]; then \
+	  $(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION); \
+	else \
+	  $(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION) --index-url https://download.pytorch.org/whl/cpu; \
+	fi
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@$(BIN)/python -c "import torch; assert torch.__version__.startswith('$(TORCH_VERSION)'), torch.__version__; print('torch', torch.__version__, '| cuda:', torch.cuda.is_available())"
+	@if ! command -v nvidia-smi >/dev/null 2>&1 && $(BIN)/python -m pip list 2>/dev/null | grep -qi '^nvidia-'; then \
+	  echo "error: CUDA wheels were installed on a machine without a GPU" >&2; exit 1; fi
+	@touch $(STAMP)
+
+mathjax:
+ifeq ($(MATHJAX),local)
+	@if [ ! -f $(MATHJAX_DIR)/tex-chtml.js ]; then \
+	  command -v npm >/dev/null || { echo "error: npm is needed to vendor MathJax (or run make book MATHJAX=cdn)" >&2; exit 1; }; \
+	  npm install --silent --no-save --no-audit --no-fund --prefix .vendor mathjax@3 >/dev/null; \
+	fi
+	@echo "MathJax vendored at $(MATHJAX_DIR)"
+endif
+
+# -W: a warning (a failing cell included) fails the build; the execution cache is in _build/.jupyter_cache.
+book: venv mathjax
+	LLMBOOK_MATHJAX_DIR=$(if $(filter local,$(MATHJAX)),$(MATHJAX_DIR),) \
+	  $(BIN)/jupyter-book build . -W -n --keep-going
+	@echo "The book is built: open file://$(abspath _build/html/index.html)"
+
+# Rebuild every page (the execution cache is kept: chapters re-run only when their code changed).
+book-clean: venv
+	$(BIN)/jupyter-book clean .
+	$(MAKE) book
+
+test: venv
+	$(BIN)/python -m pytest
+
+# Unit tests only, without chapters and browser.
+test-fast: venv
+	$(BIN)/python -m pytest -m "not chapter and not browser"
+
+lint: venv
+	$(BIN)/ruff check llmbook tests book/_ext
+
+clean:
+	rm -rf _build book/api .pytest_cache .hypothesis

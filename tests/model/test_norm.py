@@ -1,0 +1,44 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmbook.model.norm import LayerNorm
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_equals_torch_layernorm(bias):
+    ours = LayerNorm(12, eps=1e-5, bias=bias)
+    theirs = nn.LayerNorm(12, eps=1e-5, bias=bias)
+    with torch.no_grad():
+        ours.weight.copy_(torch.randn(12))
+        theirs.weight.copy_(ours.weight)
+        if bias:
+            ours.bias.copy_(torch.randn(12))
+            theirs.bias.copy_(ours.bias)
+    x = torch.randn(4, 5, 12) * 3 + 1
+    torch.testing.assert_close(ours(x), theirs(x))
+    torch.testing.assert_close(ours(x), F.layer_norm(x, (12,), theirs.weight, theirs.bias, 1e-5))
+
+
+def test_gradients_equal_torch():
+    ours, theirs = LayerNorm(8), nn.LayerNorm(8)
+    x = torch.randn(3, 8, requires_grad=True)
+    g1 = torch.autograd.grad(ours(x).pow(3).sum(), [x, ours.weight, ours.bias])
+    g2 = torch.autograd.grad(theirs(x).pow(3).sum(), [x, theirs.weight, theirs.bias])
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_output_statistics():
+    y = LayerNorm(64)(torch.randn(10, 64) * 50 - 7)
+    torch.testing.assert_close(y.mean(-1), torch.zeros(10), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y.var(-1, unbiased=False), torch.ones(10), atol=1e-3, rtol=0)
+
+
+def test_bf16_input_keeps_dtype_and_accuracy():
+    x = torch.randn(4, 32)
+    ln = LayerNorm(32)
+    y = ln(x.bfloat16())
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), ln(x), atol=0.05, rtol=0.02)
