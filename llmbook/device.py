@@ -8,13 +8,13 @@ import sys
 
 import torch
 
-#: dtypes probed by :func:`supported_dtypes`, by their short names.
 PROBED_DTYPES = {
     "float32": torch.float32,
     "float64": torch.float64,
     "bfloat16": torch.bfloat16,
     "float16": torch.float16,
 }
+"""The dtypes :func:`supported_dtypes` probes, by their short names."""
 
 
 def default_device() -> torch.device:

@@ -38,8 +38,9 @@ class RunInfo:
         :returns: e.g. ``"Ran on cpu (x86_64, 2 threads), torch 2.13.0, seed 0, in 12.3 s."``
         """
         env = self.environment
+        threads = env["torch_threads"]
         return (
-            f"Ran on {env['device']} ({env['device_name']}, {env['torch_threads']} threads), "
+            f"Ran on {env['device']} ({env['device_name']}, {threads} thread{'s' * (threads != 1)}), "
             f"torch {env['torch']}, seed {self.seed}, in {self.elapsed:.1f} s."
         )
 

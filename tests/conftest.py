@@ -1,8 +1,41 @@
 import pytest
 import torch
 
+from llmbook.data import corpora
+from llmbook.data.corpora import CorpusFile
+from llmbook.zoo import recipes
+from llmbook.zoo.recipes import Recipe
+
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+TOY_TEXT = b"First Citizen:\nBefore we proceed any further, hear me speak.\n" * 60
+
+
+@pytest.fixture
+def toy_zoo(tmp_path, monkeypatch):
+    """A tiny corpus served from a mirror and a tiny recipe, with an isolated cache."""
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "toy.txt").write_bytes(TOY_TEXT)
+    monkeypatch.setenv("LLMBOOK_DATA_DIR", str(mirror))
+    monkeypatch.setenv("LLMBOOK_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setitem(
+        corpora.CORPORA,
+        "toy",
+        CorpusFile(name="toy.txt", url="http://127.0.0.1:9/", sha256=corpora.sha256_of(TOY_TEXT)),
+    )
+    recipe = Recipe(
+        name="toy",
+        description="test recipe",
+        corpus="toy",
+        model={"vocab_size": 259, "block_size": 16, "n_layer": 1, "n_head": 2, "n_embd": 16},
+        train={"max_steps": 12, "batch_size": 4, "lr": 3e-3, "warmup_steps": 2, "eval_interval": 0},
+        profiles={"cpu": {}, "gpu": {"train": {"max_steps": 20}}},
+    )
+    monkeypatch.setitem(recipes.RECIPES, "toy", recipe)
+    return tmp_path / "cache"

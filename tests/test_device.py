@@ -37,7 +37,9 @@ def test_set_seed_reproduces_and_validates():
     a = torch.randn(4)
     g = set_seed(3)
     torch.testing.assert_close(torch.randn(4), a)
-    assert torch.equal(torch.randn(2, generator=g), torch.randn(2, generator=torch.Generator().manual_seed(3)))
+    assert torch.equal(
+        torch.randn(2, generator=g), torch.randn(2, generator=torch.Generator().manual_seed(3))
+    )
     with pytest.raises(ValueError, match="seed"):
         set_seed(-1)
 

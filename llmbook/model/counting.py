@@ -38,7 +38,8 @@ def flops_per_token(config: ModelConfig, *, seq_len: int | None = None) -> int:
     Each weight in a matmul costs 2 FLOPs per token forward (a multiply and an add) and 4 backward
     (gradients for the input and for the weight), so $6N$ for $N$ matmul weights, including the LM head.
     Attention adds $QK^\top$ and the weighted sum of $V$: $2 \cdot 2\,T C$ per token per layer forward,
-    so $12\,L\,T\,C$ in training (Kaplan et al., 2020; Chinchilla's appendix uses the same accounting).
+    so $12\,L\,T\,C$ in training. This is the accounting of Hoffmann et al. (2022, appendix F);
+    Kaplan et al. (2020) count only $QK^\top$ and get half the attention term.
 
     :param config: the model config.
     :param seq_len: the sequence length $T$ (defaults to ``block_size``).

@@ -64,22 +64,45 @@ class GPT(nn.Module):
             else:
                 nn.init.normal_(p, std=std)
 
-    def hidden_states(self, idx: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def hidden_states(
+        self,
+        idx: torch.Tensor,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Run the model up to (and including) the final norm.
 
         :param idx: token ids ``(B, T)`` with ``T <= block_size``.
-        :param mask: optional bool attention mask broadcastable to ``(B, H, T, T)``, True where allowed;
-            the causal rule is always applied on top.
+        :param attention_mask: optional bool ``(B, T)``, True at real tokens and False at padding.
+            Padding is never attended to, and positions count real tokens only, so a left-padded row
+            computes exactly what the unpadded sequence computes.
+        :param positions: optional ``(B, T)`` or ``(T,)`` position ids; by default ``0..T-1``, or derived
+            from ``attention_mask``.
         :returns: the final hidden states ``(B, T, C)``.
-        :raises ValueError: when the sequence is longer than ``block_size``.
+        :raises ValueError: when the sequence is longer than ``block_size`` or a mask has the wrong shape.
         """
         B, T = idx.shape
         if T > self.config.block_size:
-            raise ValueError(
-                f"sequence length {T} exceeds block_size ({self.config.block_size})"
-            )
-        pos = torch.arange(T, device=idx.device)  # (T,)
-        x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
+            raise ValueError(f"sequence length {T} exceeds block_size ({self.config.block_size})")
+        mask = None
+        if attention_mask is not None:
+            if attention_mask.shape != (B, T):
+                raise ValueError(
+                    f"attention_mask: expected shape {(B, T)}, got {tuple(attention_mask.shape)}"
+                )
+            valid = attention_mask.to(torch.bool)
+            if positions is None:
+                positions = (valid.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+            # Each query sees the real keys; a padding query also sees itself, so that no row is
+            # entirely masked (a softmax over nothing is NaN, and NaN * 0 would leak into real rows).
+            eye = torch.eye(T, dtype=torch.bool, device=idx.device)
+            mask = (
+                valid[:, None, None, :] | eye
+            )  # (B, 1, T, T); the causal rule is added in attention
+        if positions is None:
+            positions = torch.arange(T, device=idx.device)  # (T,)
+        x = self.drop(self.tok_emb(idx) + self.pos_emb(positions))  # (B, T, C)
         for block in self.blocks:
             x = block(x, mask)
         return self.norm_f(x)  # (B, T, C)
@@ -89,7 +112,8 @@ class GPT(nn.Module):
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
         *,
-        mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
         ignore_index: int = -100,
     ) -> GPTOutput:
         """Compute next-token logits and, given targets, the cross-entropy loss.
@@ -97,11 +121,13 @@ class GPT(nn.Module):
         :param idx: token ids ``(B, T)``.
         :param targets: the id each position should predict ``(B, T)`` (already shifted: ``targets[:, t]``
             is the token after ``idx[:, t]``); positions equal to ``ignore_index`` do not count.
-        :param mask: optional bool attention mask, see :meth:`hidden_states`.
+        :param attention_mask: optional bool ``(B, T)``, True at real tokens; see :meth:`hidden_states`.
+        :param positions: optional position ids; see :meth:`hidden_states`.
         :param ignore_index: target value that is left out of the loss.
         :returns: a :class:`GPTOutput` ``(logits (B, T, V), loss or None)``.
         """
-        logits = self.lm_head(self.hidden_states(idx, mask))  # (B, T, V)
+        h = self.hidden_states(idx, attention_mask=attention_mask, positions=positions)
+        logits = self.lm_head(h)  # (B, T, V)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(

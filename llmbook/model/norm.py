@@ -34,11 +34,12 @@ class LayerNorm(nn.Module):
         :param x: ``(..., C)``.
         :returns: the normalised tensor, same shape and dtype.
         """
-        # Low-precision inputs are normalised in float32: the mean of squares loses digits in bf16.
-        xf = x.float()
+        # Low-precision inputs are normalised in float32 (the mean of squares loses digits in bf16);
+        # float64 stays float64.
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))
         mean = xf.mean(dim=-1, keepdim=True)
         var = (xf - mean).pow(2).mean(dim=-1, keepdim=True)
-        y = (xf - mean) * torch.rsqrt(var + self.eps) * self.weight.float()
+        y = (xf - mean) * torch.rsqrt(var + self.eps) * self.weight.to(xf.dtype)
         if self.bias is not None:
-            y = y + self.bias.float()
+            y = y + self.bias.to(xf.dtype)
         return y.to(x.dtype)

@@ -29,7 +29,9 @@ def sinusoidal_table(n_positions: int, dim: int, base: float = 10000.0) -> torch
     if dim < 2 or dim % 2:
         raise ValueError(f"dim: must be a positive even number, got {dim}")
     position = torch.arange(n_positions, dtype=torch.float64)[:, None]  # (P, 1)
-    freqs = torch.exp(-math.log(base) * torch.arange(0, dim, 2, dtype=torch.float64) / dim)  # (dim/2,)
+    freqs = torch.exp(
+        -math.log(base) * torch.arange(0, dim, 2, dtype=torch.float64) / dim
+    )  # (dim/2,)
     angles = position * freqs  # (P, dim/2)
     table = torch.empty(n_positions, dim, dtype=torch.float64)
     table[:, 0::2] = torch.sin(angles)

@@ -22,10 +22,15 @@ def toc_files() -> list[Path]:
     """Every document the table of contents lists, in reading order."""
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
     files = [toc["root"]]
+
+    def walk(entries):
+        for entry in entries:
+            if "file" in entry:  # globs (the generated API pages) hold no chapters
+                files.append(entry["file"])
+            walk(entry.get("sections", []))
+
     for part in toc.get("parts", []):
-        for chapter in part.get("chapters", []):
-            files.append(chapter["file"])
-            files.extend(s["file"] for s in chapter.get("sections", []))
+        walk(part.get("chapters", []))
     return [ROOT / f"{f}.md" for f in files]
 
 

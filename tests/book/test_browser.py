@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -28,7 +27,9 @@ pytestmark = pytest.mark.browser
 
 
 def _chromium() -> tuple[str, str] | None:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    browser = next(
+        filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None
+    )
     driver = shutil.which("chromedriver")
     return (browser, driver) if browser and driver else None
 
@@ -55,7 +56,9 @@ def browser():
     if found is None:
         if os.environ.get("CI"):
             pytest.fail("CI needs Debian's chromium and chromium-driver (.ci/run installs them)")
-        pytest.skip("chromium/chromedriver not installed (apt-get install chromium chromium-driver)")
+        pytest.skip(
+            "chromium/chromedriver not installed (apt-get install chromium chromium-driver)"
+        )
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

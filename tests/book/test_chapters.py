@@ -34,7 +34,9 @@ def test_chapter_executes(path):
     times = json.loads(TIMES_FILE.read_text()) if TIMES_FILE.exists() else {}
     times[str(path.relative_to(ROOT))] = {"seconds": round(run.seconds, 2), "cached": run.cached}
     TIMES_FILE.write_text(json.dumps(times, indent=2, sort_keys=True))
-    print(f"{path.relative_to(ROOT)}: {run.seconds:.1f} s ({'cached' if run.cached else 'executed'})")
+    print(
+        f"{path.relative_to(ROOT)}: {run.seconds:.1f} s ({'cached' if run.cached else 'executed'})"
+    )
     assert run.seconds <= CHAPTER_BUDGET_S, (
         f"{path.relative_to(ROOT)} took {run.seconds:.0f} s, over the {CHAPTER_BUDGET_S:.0f} s budget"
     )
@@ -47,6 +49,8 @@ def test_build_executes_through_the_shared_cache():
 
     execute = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))["execute"]
     assert execute["execute_notebooks"] == "cache"
-    assert "cache" not in execute, "a custom cache path would split the tests' cache from the build's"
+    assert "cache" not in execute, (
+        "a custom cache path would split the tests' cache from the build's"
+    )
     assert execute.get("allow_errors") is False and execute.get("raise_on_error") is True
     assert CACHE_DIR.name == ".jupyter_cache"

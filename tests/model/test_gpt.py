@@ -114,18 +114,24 @@ def test_fused_and_reference_models_agree():
     torch.testing.assert_close(a(idx).logits, b(idx).logits)
 
 
-def test_padding_mask_hides_padded_keys():
-    model = GPT(tiny()).eval()
+@pytest.mark.parametrize(
+    "overrides", [{}, {"pos_embedding": "sinusoidal"}, {"attn_impl": "reference"}]
+)
+def test_left_padded_row_equals_the_unpadded_sequence(overrides):
+    model = GPT(tiny(**overrides)).eval()
     idx = torch.randint(1, 50, (1, 6))
-    padded = torch.cat([torch.zeros(1, 2, dtype=torch.long), idx], dim=1)
-    mask = torch.tensor([[False, False] + [True] * 6])[:, None, None, :]  # (B, 1, 1, T)
-    # Positions shift by 2 under left padding, so compare against a model whose inputs are padded too
-    # but whose pad tokens are different: with the mask, pad contents must not matter.
-    other = padded.clone()
-    other[:, :2] = 7
-    a = model(padded, mask=mask).logits[:, 2:]
-    b = model(other, mask=mask).logits[:, 2:]
-    torch.testing.assert_close(a, b)
+    for pad_token in (0, 7):
+        padded = torch.cat([torch.full((1, 3), pad_token), idx], dim=1)
+        mask = torch.tensor([[False] * 3 + [True] * 6])
+        logits = model(padded, attention_mask=mask).logits
+        assert torch.isfinite(logits).all()
+        torch.testing.assert_close(logits[:, 3:], model(idx).logits)
+
+
+def test_attention_mask_shape_is_checked():
+    model = GPT(tiny())
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(torch.zeros(2, 5, dtype=torch.long), attention_mask=torch.ones(5, dtype=torch.bool))
 
 
 def test_one_step_lowers_the_loss():

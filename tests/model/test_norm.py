@@ -42,3 +42,11 @@ def test_bf16_input_keeps_dtype_and_accuracy():
     y = ln(x.bfloat16())
     assert y.dtype == torch.bfloat16
     torch.testing.assert_close(y.float(), ln(x), atol=0.05, rtol=0.02)
+
+
+def test_float64_stays_float64():
+    x = torch.randn(3, 16, dtype=torch.float64)
+    ln = LayerNorm(16).double()
+    y = ln(x)
+    assert y.dtype == torch.float64
+    torch.testing.assert_close(y, F.layer_norm(x, (16,), ln.weight, ln.bias, 1e-5), atol=1e-12, rtol=0)

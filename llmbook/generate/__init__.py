@@ -1,0 +1,17 @@
+"""Sampling and generation.
+
+Introduced in {doc}`/book/part2/05-sampling`.
+"""
+
+from llmbook.generate.generation import GenerationOutput, generate, left_pad, sequence_logprobs
+from llmbook.generate.sampling import sample_next, top_k_filter, top_p_filter
+
+__all__ = [
+    "GenerationOutput",
+    "generate",
+    "left_pad",
+    "sample_next",
+    "sequence_logprobs",
+    "top_k_filter",
+    "top_p_filter",
+]

@@ -1,0 +1,71 @@
+"""Validation: loss over a whole split, perplexity and bits per byte."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from llmbook.data.batching import eval_batches
+from llmbook.train.loss import bits_per_byte
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Loss of a model over a token stream.
+
+    Introduced in {doc}`/book/part2/06-evaluation`.
+    """
+
+    loss: float
+    """Mean cross-entropy in nats per token."""
+    perplexity: float
+    """$e^{\\text{loss}}$: the effective number of equally likely next tokens."""
+    bits_per_byte: float
+    """Loss in bits per byte of text."""
+    n_tokens: int
+    """How many targets the mean is over."""
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    ids: torch.Tensor,
+    *,
+    block_size: int | None = None,
+    batch_size: int = 64,
+    n_bytes: int | None = None,
+    max_batches: int | None = None,
+) -> EvalResult:
+    """Loss over the whole split, in deterministic non-overlapping windows.
+
+    :param model: a language model called as ``model(x, y)`` returning ``(logits, loss)``.
+    :param ids: the 1-D token stream of the split.
+    :param block_size: window length (default: the model's ``config.block_size``).
+    :param batch_size: windows per forward pass.
+    :param n_bytes: bytes of text the tokens span (default: one byte per token, the byte tokenizer).
+    :param max_batches: stop after this many batches (a quick estimate during training); None = all.
+    :returns: the :class:`EvalResult`.
+
+    Introduced in {doc}`/book/part2/06-evaluation`.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    T = block_size or model.config.block_size
+    total, count = 0.0, 0
+    for i, (x, y) in enumerate(eval_batches(ids, batch_size, T, device=device)):
+        if max_batches is not None and i >= max_batches:
+            break
+        logits = model(x).logits
+        V = logits.size(-1)
+        total += torch.nn.functional.cross_entropy(
+            logits.reshape(-1, V).float(), y.reshape(-1), ignore_index=-100, reduction="sum"
+        ).item()
+        count += int((y != -100).sum())
+    model.train(was_training)
+    loss = total / max(count, 1)
+    bpb = bits_per_byte(loss, count, n_bytes if n_bytes is not None else count)
+    return EvalResult(loss=loss, perplexity=math.exp(loss), bits_per_byte=bpb, n_tokens=count)

@@ -1,0 +1,188 @@
+"""Named training recipes with ``cpu`` and ``gpu`` profiles: the models later chapters build on."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from llmbook.model.config import ModelConfig
+from llmbook.train.loop import TrainConfig
+
+PROFILES = ("cpu", "gpu")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to make one zoo model: corpus, tokenizer, model and training config, per profile.
+
+    ``model`` and ``train`` hold the settings shared by both profiles; ``profiles[p]["model"]`` and
+    ``profiles[p]["train"]`` override them. The ``cpu`` profile trains in minutes on two cores; the
+    ``gpu`` profile is the full-size run.
+
+    Introduced in {doc}`/book/part2/04-training-loop`.
+    """
+
+    name: str
+    """Registry key, used on the command line (``llmbook train --recipe NAME``)."""
+    description: str
+    """One line for listings."""
+    corpus: str
+    """A corpus name from :data:`llmbook.data.corpora.CORPORA`."""
+    model: dict = field(default_factory=dict)
+    """:class:`~llmbook.model.config.ModelConfig` fields shared by the profiles."""
+    train: dict = field(default_factory=dict)
+    """:class:`~llmbook.train.loop.TrainConfig` fields shared by the profiles."""
+    profiles: dict = field(default_factory=dict)
+    """Per-profile overrides: ``{"cpu": {"model": {...}, "train": {...}}, "gpu": {...}}``."""
+    tokenizer: dict = field(default_factory=lambda: {"type": "byte"})
+    """The tokenizer description (see :meth:`llmbook.tokenizer.byte.ByteTokenizer.to_dict`)."""
+    train_fraction: float = 0.9
+    """Share of the corpus used for training; the rest is the validation split."""
+
+
+@dataclass(frozen=True)
+class ResolvedRecipe:
+    """A recipe with one profile applied: concrete configs and the hash that keys its checkpoint."""
+
+    recipe: Recipe
+    """The recipe."""
+    profile: str
+    """``"cpu"`` or ``"gpu"``."""
+    model_config: ModelConfig
+    """The model config."""
+    train_config: TrainConfig
+    """The training config."""
+
+    def to_dict(self) -> dict:
+        """Everything that determines the trained weights, as JSON-friendly data.
+
+        :returns: the dict that :attr:`key` hashes.
+        """
+        from llmbook import __version__
+
+        return {
+            "name": self.recipe.name,
+            "profile": self.profile,
+            "corpus": self.recipe.corpus,
+            "train_fraction": self.recipe.train_fraction,
+            "tokenizer": self.recipe.tokenizer,
+            "model": self.model_config.to_dict(),
+            "train": self.train_config.to_dict(),
+            "llmbook_version": __version__,
+        }
+
+    @property
+    def key(self) -> str:
+        """sha256 of :meth:`to_dict` (recipe, profile and package version), 16 hex digits."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+RECIPES: dict[str, Recipe] = {}
+"""The registry: recipe name to :class:`Recipe`."""
+
+
+def register(recipe: Recipe) -> Recipe:
+    """Add a recipe to the registry.
+
+    :param recipe: the recipe; its name must be new.
+    :returns: the recipe.
+    """
+    if recipe.name in RECIPES:
+        raise ValueError(f"name: a recipe called {recipe.name!r} is already registered")
+    RECIPES[recipe.name] = recipe
+    return recipe
+
+
+def default_profile() -> str:
+    """``LLMBOOK_PROFILE`` when set, else ``"gpu"`` with CUDA and ``"cpu"`` without.
+
+    :returns: the profile name.
+    :raises ValueError: when ``LLMBOOK_PROFILE`` is not a known profile.
+    """
+    env = os.environ.get("LLMBOOK_PROFILE", "").strip()
+    if env:
+        if env not in PROFILES:
+            raise ValueError(f"LLMBOOK_PROFILE: must be one of {PROFILES}, got {env!r}")
+        return env
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def resolve(name: str, profile: str | None = None) -> ResolvedRecipe:
+    """Look up a recipe and apply a profile.
+
+    :param name: the recipe name.
+    :param profile: ``"cpu"``, ``"gpu"`` or None for :func:`default_profile`.
+    :returns: the resolved recipe.
+    :raises KeyError: for an unknown recipe (the message lists the known ones).
+    :raises ValueError: for an unknown profile or an invalid config field.
+
+    Introduced in {doc}`/book/part2/04-training-loop`.
+    """
+    if name not in RECIPES:
+        raise KeyError(f"unknown recipe {name!r}; known recipes: {sorted(RECIPES)}")
+    profile = profile or default_profile()
+    if profile not in PROFILES:
+        raise ValueError(f"profile: must be one of {PROFILES}, got {profile!r}")
+    recipe = RECIPES[name]
+    overrides = recipe.profiles.get(profile, {})
+    model = {**copy.deepcopy(recipe.model), **overrides.get("model", {})}
+    train = {**copy.deepcopy(recipe.train), **overrides.get("train", {})}
+    return ResolvedRecipe(
+        recipe=recipe,
+        profile=profile,
+        model_config=ModelConfig.from_dict(model),
+        train_config=TrainConfig.from_dict(train),
+    )
+
+
+# The Part 2 base model: a byte-level GPT on TinyShakespeare. The cpu profile is nanoGPT's CPU
+# Shakespeare shape (4 layers, 4 heads, width 128, context 64); the gpu profile is nanoGPT's
+# shakespeare-char GPU configuration (6 x 6 x 384, context 256, dropout 0.2).
+register(
+    Recipe(
+        name="shakespeare-byte",
+        description="Part 2 base: byte-level GPT-2-style model trained on TinyShakespeare",
+        corpus="tinyshakespeare",
+        model={"vocab_size": 259, "bias": False, "dropout": 0.0},
+        train={"seed": 1337, "weight_decay": 0.1, "grad_clip": 1.0, "beta1": 0.9, "beta2": 0.99},
+        profiles={
+            "cpu": {
+                "model": {"block_size": 64, "n_layer": 4, "n_head": 4, "n_embd": 128},
+                "train": {
+                    "max_steps": 2000,
+                    "batch_size": 12,
+                    "lr": 2e-3,
+                    "min_lr": 1e-4,
+                    "warmup_steps": 100,
+                    "eval_interval": 500,
+                    "eval_batches": 8,
+                },
+            },
+            "gpu": {
+                "model": {
+                    "block_size": 256,
+                    "n_layer": 6,
+                    "n_head": 6,
+                    "n_embd": 384,
+                    "dropout": 0.2,
+                },
+                "train": {
+                    "max_steps": 5000,
+                    "batch_size": 64,
+                    "lr": 1e-3,
+                    "min_lr": 1e-4,
+                    "warmup_steps": 100,
+                    "eval_interval": 250,
+                    "eval_batches": 20,
+                    "precision": "bfloat16",
+                },
+            },
+        },
+    )
+)

@@ -1,0 +1,170 @@
+"""Load a zoo model from the checkpoint cache, or train it when no checkpoint of its recipe exists."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from llmbook.data.batching import train_val_split
+from llmbook.data.corpora import load_corpus
+from llmbook.model.config import ModelConfig
+from llmbook.model.gpt import GPT
+from llmbook.paths import cache_dir
+from llmbook.tokenizer.byte import ByteTokenizer
+from llmbook.train.loop import train
+from llmbook.zoo.checkpoint import CheckpointError, load_weights, read_meta, save_checkpoint
+from llmbook.zoo.recipes import ResolvedRecipe, resolve
+
+
+@dataclass
+class ZooModel:
+    """A model from the zoo, with everything needed to use it.
+
+    Introduced in {doc}`/book/part2/04-training-loop`.
+    """
+
+    model: GPT
+    """The model, in eval mode, on the requested device."""
+    tokenizer: ByteTokenizer
+    """Its tokenizer."""
+    recipe: ResolvedRecipe
+    """The recipe and profile it was made with."""
+    meta: dict
+    """The checkpoint's JSON (metrics, history, corpus origin, ...)."""
+    path: Path
+    """The checkpoint directory."""
+    trained_now: bool
+    """True when this call trained it; False when it was loaded."""
+
+
+def checkpoint_dir(recipe: ResolvedRecipe, root: Path | None = None) -> Path:
+    """Where the checkpoint of a resolved recipe lives: ``<cache>/zoo/<name>-<profile>-<key>``.
+
+    :param recipe: the resolved recipe.
+    :param root: cache root (default: :func:`llmbook.paths.cache_dir`).
+    :returns: the directory path (it may not exist).
+    """
+    root = root or cache_dir()
+    return root / "zoo" / f"{recipe.recipe.name}-{recipe.profile}-{recipe.key}"
+
+
+def tokenizer_from_dict(data: dict) -> ByteTokenizer:
+    """Rebuild the tokenizer a recipe or checkpoint describes.
+
+    :param data: the tokenizer description.
+    :returns: the tokenizer.
+    """
+    if data.get("type") == "byte":
+        return ByteTokenizer(data.get("specials", ByteTokenizer().specials))
+    raise ValueError(f"tokenizer: unknown type {data.get('type')!r}")
+
+
+def load_checkpoint(
+    directory: str | Path, *, device: torch.device | str = "cpu"
+) -> tuple[GPT, dict]:
+    """Load any checkpoint directory written by :func:`~llmbook.zoo.checkpoint.save_checkpoint`.
+
+    :param directory: the checkpoint directory.
+    :param device: where to put the model.
+    :returns: ``(model in eval mode, meta)``.
+    :raises CheckpointError: when the checkpoint is missing, corrupt or inconsistent.
+
+    Introduced in {doc}`/book/part2/04-training-loop`.
+    """
+    meta = read_meta(directory)
+    try:
+        config = ModelConfig.from_dict(meta["model"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"{directory}: invalid model config in checkpoint.json ({err})"
+        ) from err
+    model = GPT(config)
+    load_weights(directory, model)
+    return model.to(device).eval(), meta
+
+
+def _train(recipe: ResolvedRecipe, device: torch.device, progress: bool, log_every: int):
+    tokenizer = tokenizer_from_dict(recipe.recipe.tokenizer)
+    corpus = load_corpus(recipe.recipe.corpus)
+    ids = torch.tensor(tokenizer.encode(corpus.text), dtype=torch.long)
+    train_ids, val_ids = train_val_split(ids, recipe.recipe.train_fraction)
+    torch.manual_seed(recipe.train_config.seed)
+    model = GPT(recipe.model_config).to(device)
+    started = time.perf_counter()
+    history = train(
+        model, train_ids, val_ids, recipe.train_config, progress=progress, log_every=log_every
+    )
+    meta = {
+        "recipe": recipe.to_dict(),
+        "key": recipe.key,
+        "model": recipe.model_config.to_dict(),
+        "tokenizer": tokenizer.to_dict(),
+        "corpus": {"name": corpus.name, "origin": corpus.origin, "n_tokens": len(ids)},
+        "metrics": {
+            "val_loss": history.final_val_loss,
+            "train_seconds": history.train_seconds,
+            "wall_seconds": time.perf_counter() - started,
+            "tokens_per_second": history.tokens_per_second,
+            "tokens_seen": history.tokens_seen,
+            "device": str(device),
+            "torch_threads": torch.get_num_threads(),
+        },
+        "history": history.to_dict(),
+    }
+    return model.eval(), tokenizer, meta
+
+
+def load_or_train(
+    name: str,
+    profile: str | None = None,
+    *,
+    device: torch.device | str | None = None,
+    root: Path | None = None,
+    retrain: bool = False,
+    progress: bool = True,
+    log_every: int = 0,
+) -> ZooModel:
+    """The zoo's one entry point: a trained model for a recipe, from cache when possible.
+
+    The checkpoint directory is keyed by a hash of the resolved recipe and the package version, so a
+    changed recipe never loads a stale model. A checkpoint that cannot be read is moved aside (never
+    deleted) with a message on stderr, and the model is trained again.
+
+    :param name: the recipe name (see :data:`llmbook.zoo.recipes.RECIPES`).
+    :param profile: ``"cpu"``, ``"gpu"`` or None for the default (see
+        :func:`~llmbook.zoo.recipes.default_profile`).
+    :param device: where to train or load (default: CUDA for the gpu profile when present, else CPU).
+    :param root: cache root (default: :func:`llmbook.paths.cache_dir`).
+    :param retrain: train even when a checkpoint exists (it is replaced).
+    :param progress: show a progress bar while training.
+    :param log_every: print a log line every this many steps while training (0: never).
+    :returns: the :class:`ZooModel`.
+
+    Introduced in {doc}`/book/part2/04-training-loop`.
+    """
+    recipe = resolve(name, profile)
+    if device is None:
+        device = "cuda" if recipe.profile == "gpu" and torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    directory = checkpoint_dir(recipe, root)
+    if directory.exists() and not retrain:
+        try:
+            model, meta = load_checkpoint(directory, device=device)
+            if meta.get("key") != recipe.key:
+                raise CheckpointError(f"{directory}: recipe key {meta.get('key')} != {recipe.key}")
+            return ZooModel(
+                model, tokenizer_from_dict(meta["tokenizer"]), recipe, meta, directory, False
+            )
+        except CheckpointError as err:
+            aside = directory.with_name(f"{directory.name}.unreadable-{int(time.time())}")
+            directory.rename(aside)
+            print(
+                f"llmbook: {err}\nllmbook: moved it to {aside} and training again.", file=sys.stderr
+            )
+    model, tokenizer, meta = _train(recipe, device, progress, log_every)
+    save_checkpoint(directory, model, meta)
+    return ZooModel(model, tokenizer, recipe, read_meta(directory), directory, True)

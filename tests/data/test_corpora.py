@@ -1,0 +1,95 @@
+import functools
+import http.server
+import threading
+
+import pytest
+
+from llmbook.data import corpora
+from llmbook.data.corpora import ChecksumError, CorpusFile, load_corpus, load_tinyshakespeare
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMBOOK_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("LLMBOOK_DATA_DIR", raising=False)
+    return tmp_path
+
+
+def _spec(monkeypatch, data: bytes, url="http://127.0.0.1:9/none.txt"):
+    spec = CorpusFile(name="toy.txt", url=url, sha256=corpora.sha256_of(data))
+    monkeypatch.setitem(corpora.CORPORA, "toy", spec)
+    return spec
+
+
+def test_mirror_is_used_and_verified(isolated, monkeypatch):
+    mirror = isolated / "mirror"
+    mirror.mkdir()
+    (mirror / "toy.txt").write_bytes(b"to be or not to be\n")
+    _spec(monkeypatch, b"to be or not to be\n")
+    monkeypatch.setenv("LLMBOOK_DATA_DIR", str(mirror))
+    c = load_corpus("toy", download=False)
+    assert (c.origin, c.text) == ("mirror", "to be or not to be\n")
+    (mirror / "toy.txt").write_bytes(b"to be or not to be?\n")
+    with pytest.raises(ChecksumError, match="toy.txt"):
+        load_corpus("toy", download=False)
+
+
+def test_download_verifies_and_caches(isolated, monkeypatch):
+    served = isolated / "www"
+    served.mkdir()
+    (served / "toy.txt").write_bytes(b"hello corpus\n")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        _spec(
+            monkeypatch, b"hello corpus\n", f"http://127.0.0.1:{server.server_address[1]}/toy.txt"
+        )
+        first = load_corpus("toy", timeout=5)
+        assert first.origin == "download" and first.text == "hello corpus\n"
+        assert load_corpus("toy", download=False).origin == "cache"
+    finally:
+        server.shutdown()
+
+
+def test_wrong_download_is_not_cached(isolated, monkeypatch, capsys):
+    spec = _spec(monkeypatch, b"expected")
+    monkeypatch.setattr(
+        corpora, "_download", lambda s, t: (_ for _ in ()).throw(ChecksumError("bad sha"))
+    )
+    c = load_corpus("toy")
+    assert c.origin == "fallback"
+    assert not (isolated / "cache" / "data" / spec.name).exists()
+    assert "bad sha" in capsys.readouterr().err
+
+
+def test_offline_fallback_is_announced(isolated, monkeypatch, capsys):
+    def refuse(spec, timeout):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(corpora, "_download", refuse)
+    c = load_tinyshakespeare()
+    err = capsys.readouterr().err
+    assert c.origin == "fallback" and c.path is None
+    assert "OFFLINE FALLBACK" in err and "network unreachable" in err
+    assert len(c.text) > 100_000  # Python's help topics: enough text to train on
+
+
+def test_unknown_corpus_and_split():
+    with pytest.raises(KeyError, match="unknown corpus"):
+        load_corpus("nope")
+    with pytest.raises(ValueError, match="split"):
+        corpora.load_wikitext2("training")
+
+
+def test_shared_mirror_checksums_when_present():
+    import os
+    from pathlib import Path
+
+    mirror = os.environ.get("LLMBOOK_DATA_DIR")
+    if not mirror or not (Path(mirror) / "tinyshakespeare.txt").exists():
+        pytest.skip("no corpus mirror on this machine")
+    c = load_tinyshakespeare(download=False)
+    assert c.origin == "mirror" and len(c.text) == 1_115_394
+    v = corpora.load_wikitext2("valid", download=False)
+    assert v.origin == "mirror" and "Homarus gammarus" in v.text

@@ -1,0 +1,113 @@
+import math
+
+import pytest
+import torch
+
+from llmbook.model.config import ModelConfig
+from llmbook.model.gpt import GPT
+from llmbook.train.evaluate import evaluate
+from llmbook.train.loop import TrainConfig, train
+from llmbook.train.optim import param_groups
+from llmbook.train.schedule import warmup_cosine
+
+TEXT = torch.tensor(list(b"the quick brown fox jumps over the lazy dog. " * 40))
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return GPT(ModelConfig(vocab_size=256, block_size=16, n_layer=1, n_head=2, n_embd=32))
+
+
+def quick(**kw):
+    return TrainConfig(
+        max_steps=30, batch_size=4, lr=3e-3, warmup_steps=5, eval_interval=10, eval_batches=2, **kw
+    )
+
+
+def test_same_seed_gives_identical_losses():
+    a = train(tiny_model(), TEXT[:1500], TEXT[1500:], quick(), progress=False)
+    b = train(tiny_model(), TEXT[:1500], TEXT[1500:], quick(), progress=False)
+    assert a.train_loss == b.train_loss
+    assert a.val_loss == b.val_loss
+    c = train(tiny_model(), TEXT[:1500], TEXT[1500:], quick(seed=7), progress=False)
+    assert c.train_loss != a.train_loss
+
+
+def test_training_lowers_loss_and_records_history():
+    h = train(tiny_model(), TEXT[:1500], TEXT[1500:], quick(), progress=False)
+    assert len(h.train_loss) == 30 and h.eval_steps == [10, 20, 30]
+    assert h.train_loss[-1] < h.train_loss[0] - 1.0
+    assert h.tokens_seen == 30 * 4 * 16 and h.tokens_per_second > 0
+    assert h.lr[0] == pytest.approx(3e-3 / 5)
+
+
+def test_one_step_changes_parameters():
+    model = tiny_model()
+    before = [p.detach().clone() for p in model.parameters()]
+    train(
+        model,
+        TEXT[:1500],
+        TEXT[1500:],
+        TrainConfig(max_steps=1, batch_size=2, warmup_steps=0),
+        progress=False,
+    )
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_bf16_autocast_trains():
+    h = train(tiny_model(), TEXT[:1500], TEXT[1500:], quick(precision="bfloat16"), progress=False)
+    assert math.isfinite(h.final_val_loss) and h.train_loss[-1] < h.train_loss[0]
+
+
+def test_param_groups_decay_matrices_only():
+    model = tiny_model()
+    decay, no_decay = param_groups(model, 0.1)
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(
+        p.dim() < 2 for p in no_decay["params"]
+    )
+    n = sum(p.numel() for g in (decay, no_decay) for p in g["params"])
+    assert n == model.num_params()  # the tied embedding/head matrix counted once
+
+
+def test_warmup_cosine_shape():
+    kw = dict(max_lr=1.0, warmup_steps=10, total_steps=110, min_lr=0.1)
+    assert warmup_cosine(0, **kw) == pytest.approx(0.1)
+    assert warmup_cosine(9, **kw) == pytest.approx(1.0)
+    assert warmup_cosine(60, **kw) == pytest.approx(0.55)
+    assert warmup_cosine(110, **kw) == pytest.approx(0.1)
+    assert warmup_cosine(500, **kw) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(
+    ("kw", "field"),
+    [
+        ({"max_steps": 0}, "max_steps"),
+        ({"lr": -1.0}, "lr"),
+        ({"min_lr": 1.0}, "min_lr"),
+        ({"precision": "fp8"}, "precision"),
+        ({"beta2": 1.0}, "beta2"),
+        ({"eval_batches": 0}, "eval_batches"),
+    ],
+)
+def test_bad_train_config_names_the_field(kw, field):
+    with pytest.raises(ValueError, match=rf"^{field}:"):
+        TrainConfig(**kw)
+
+
+def test_evaluate_equals_mean_loss_over_all_targets():
+    model = tiny_model().eval()
+    ids = TEXT[:200]
+    result = evaluate(model, ids, block_size=16, batch_size=3)
+    # Reference: the same non-overlapping windows, loss summed by hand.
+    total, count = 0.0, 0
+    for start in range(0, 199, 16):
+        x = ids[start : start + 16]
+        y = ids[start + 1 : start + 17]
+        x = x[: len(y)]
+        logits = model(x[None]).logits[0]
+        total += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
+        count += len(y)
+    assert result.n_tokens == count == 199
+    assert result.loss == pytest.approx(total / count, rel=1e-5)
+    assert result.perplexity == pytest.approx(math.exp(result.loss))
+    assert result.bits_per_byte == pytest.approx(result.loss / math.log(2))
