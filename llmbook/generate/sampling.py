@@ -39,6 +39,8 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     """
     if not 0.0 < p <= 1.0:
         raise ValueError(f"top_p: must be in (0, 1], got {p}")
+    if p == 1.0:  # the float32 cumulative sum can reach 1.0 before the tail: keep it explicitly
+        return logits.clone()
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
     probs = torch.softmax(sorted_logits.float(), dim=-1)
     cum = probs.cumsum(dim=-1)

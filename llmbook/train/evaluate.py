@@ -46,7 +46,8 @@ def evaluate(
     :param block_size: window length (default: the model's ``config.block_size``).
     :param batch_size: windows per forward pass.
     :param n_bytes: bytes of text the tokens span (default: one byte per token, the byte tokenizer).
-    :param max_batches: stop after this many batches (a quick estimate during training); None = all.
+    :param max_batches: a quick estimate from this many batches spread evenly over the split (used
+        during training); None = all.
     :returns: the :class:`EvalResult`.
 
     Introduced in {doc}`/book/part2/06-evaluation`.
@@ -56,9 +57,14 @@ def evaluate(
     device = next(model.parameters()).device
     T = block_size or model.config.block_size
     total, count = 0.0, 0
+    n_batches = -(-max(len(ids) - 1, 0) // (T * batch_size))
+    chosen = None
+    if max_batches is not None and max_batches < n_batches:
+        # Evenly spaced batches, so a quick estimate sees the whole split (its start is not typical).
+        chosen = set(torch.linspace(0, n_batches - 1, max_batches).round().long().tolist())
     for i, (x, y) in enumerate(eval_batches(ids, batch_size, T, device=device)):
-        if max_batches is not None and i >= max_batches:
-            break
+        if chosen is not None and i not in chosen:
+            continue
         logits = model(x).logits
         V = logits.size(-1)
         total += torch.nn.functional.cross_entropy(

@@ -47,7 +47,8 @@ class TrainConfig:
     eval_interval: int = 250
     """Estimate the validation loss every this many steps (0: only at the end)."""
     eval_batches: int | None = 8
-    """Batches in each periodic estimate (None: the whole split); the final evaluation is always whole."""
+    """Batches in each periodic estimate, spread evenly over the validation split (None: the whole
+    split); the final evaluation is always over the whole split."""
     eval_batch_size: int = 64
     """Windows per evaluation batch."""
     precision: str = "float32"

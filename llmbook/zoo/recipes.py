@@ -155,9 +155,9 @@ register(
             "cpu": {
                 "model": {"block_size": 64, "n_layer": 4, "n_head": 4, "n_embd": 128},
                 "train": {
-                    "max_steps": 2000,
+                    "max_steps": 1500,
                     "batch_size": 12,
-                    "lr": 2e-3,
+                    "lr": 3e-3,
                     "min_lr": 1e-4,
                     "warmup_steps": 100,
                     "eval_interval": 500,

@@ -7,6 +7,7 @@ chapter once.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,7 +99,8 @@ def execute_chapter(path: Path, *, use_cache: bool = True) -> Execution:
     )
     seconds = time.perf_counter() - start
     if result.err is not None:
-        return Execution(nb, seconds, False, result.exc_string or repr(result.err))
+        message = re.sub(r"\x1b\[[0-9;]*m", "", result.exc_string or repr(result.err))
+        return Execution(nb, seconds, False, message)
     if cache is not None:
         cache.cache_notebook_bundle(
             CacheBundleIn(nb, str(path), data={"execution_seconds": result.time}),

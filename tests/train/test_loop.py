@@ -111,3 +111,12 @@ def test_evaluate_equals_mean_loss_over_all_targets():
     assert result.loss == pytest.approx(total / count, rel=1e-5)
     assert result.perplexity == pytest.approx(math.exp(result.loss))
     assert result.bits_per_byte == pytest.approx(result.loss / math.log(2))
+
+
+def test_quick_estimate_spreads_batches_over_the_split():
+    model = tiny_model().eval()
+    ids = TEXT[:1000]
+    full = evaluate(model, ids, block_size=16, batch_size=2)
+    quick = evaluate(model, ids, block_size=16, batch_size=2, max_batches=4)
+    assert 3 * 2 * 16 < quick.n_tokens <= 4 * 2 * 16  # the last batch of the split is short
+    assert abs(quick.loss - full.loss) < 0.5
