@@ -30,12 +30,14 @@ $(STAMP): pyproject.toml Makefile
 	@$(BIN)/python -m pip install --quiet --upgrade pip
 	@if $(BIN)/python -c "import torch, sys; sys.exit(not torch.__version__.startswith('$(TORCH_VERSION)'))" 2>/dev/null; then \
 	  echo "torch $(TORCH_VERSION) already installed"; \
-	elif $(BIN)/python -m pip install --quiet --no-index torch==$(TORCH_VERSION) 2>/dev/null; then \
-	  echo "torch $(TORCH_VERSION) installed from a local wheel"; \
+	elif $(BIN)/python -m pip install --quiet --no-index --no-deps torch==$(TORCH_VERSION) 2>/dev/null; then \
+	  echo "torch $(TORCH_VERSION) installed from a local wheel; its dependencies from the index"; \
+	  $(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION); \
 	elif command -v nvidia-smi >/dev/null 2>&1 || [ "$$(uname -s)" = "Darwin" ]; then \
 	  $(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION); \
 	else \
-	  $(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION) --index-url https://download.pytorch.org/whl/cpu; \
+	  $(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION) \
+	    --index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple; \
 	fi
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	@$(BIN)/python -c "import torch; assert torch.__version__.startswith('$(TORCH_VERSION)'), torch.__version__; print('torch', torch.__version__, '| cuda:', torch.cuda.is_available())"
