@@ -18,7 +18,7 @@ ifneq ($(wildcard ../shared/data),)
 export LLMBOOK_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: venv book book-clean test test-fast mathjax lint clean help
+.PHONY: venv zoo book book-clean test test-fast mathjax lint clean help
 help:
 	@sed -n '1,3p' Makefile
 
@@ -44,6 +44,13 @@ $(STAMP): pyproject.toml Makefile
 	@if ! command -v nvidia-smi >/dev/null 2>&1 && $(BIN)/python -m pip list 2>/dev/null | grep -qi '^nvidia-'; then \
 	  echo "error: CUDA wheels were installed on a machine without a GPU" >&2; exit 1; fi
 	@touch $(STAMP)
+
+# Train every zoo recipe's profile that has no checkpoint yet (LLMBOOK_PROFILE, default cpu without
+# CUDA). Chapters do this themselves on first use; CI runs it as its own stage so that its time shows.
+zoo: venv
+	@for recipe in $$($(BIN)/python -c "from llmbook.zoo import RECIPES; print(' '.join(sorted(RECIPES)))"); do \
+	  $(BIN)/llmbook train --recipe $$recipe --if-missing --no-progress | tail -1 || exit 1; \
+	done
 
 mathjax:
 ifeq ($(MATHJAX),local)
