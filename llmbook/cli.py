@@ -138,7 +138,8 @@ def _cmd_sample(args) -> int:
 
     zoo = load_or_train(args.recipe, args.profile, device=args.device, progress=True)
     tok = zoo.tokenizer
-    prompt = tok.encode(args.prompt)
+    # A model trained on BOS-prefixed windows expects its prompt to start with BOS too.
+    prompt = tok.encode(args.prompt, bos=zoo.recipe.train_config.bos_id is not None)
     generator = torch.Generator().manual_seed(args.seed)
     out = generate(
         zoo.model,
@@ -181,7 +182,7 @@ def _cmd_eval(args) -> int:
     ids = torch.tensor(zoo.tokenizer.encode(data), dtype=torch.long)
     if args.corpus is None:
         _, ids = train_val_split(ids, zoo.recipe.recipe.train_fraction)
-    result = evaluate(zoo.model, ids)
+    result = evaluate(zoo.model, ids, bos_id=zoo.recipe.train_config.bos_id)
     _emit(
         {
             "command": "eval",

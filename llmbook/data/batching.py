@@ -47,17 +47,21 @@ def random_batch(
     *,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
+    bos_id: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample ``batch_size`` random windows of ``block_size + 1`` tokens and shift them by one.
 
     ``x = window[:-1]`` and ``y = window[1:]``: position ``t`` of ``y`` is the token that follows position
-    ``t`` of ``x``, so one window gives ``block_size`` next-token predictions at once.
+    ``t`` of ``x``, so one window gives ``block_size`` next-token predictions at once. With ``bos_id``,
+    every row starts with that token instead, as documents do in real pretraining: ``x = [BOS] + w[:-1]``
+    and ``y = w`` for a window ``w`` of ``block_size`` tokens.
 
     :param ids: 1-D token stream, at least ``block_size + 1`` long.
     :param batch_size: windows per batch (B).
     :param block_size: window length (T).
     :param generator: the random generator (pass one for reproducible batches).
     :param device: where to put the batch.
+    :param bos_id: start every row with this token (see above).
     :returns: ``(x, y)``, each ``(B, T)`` long.
 
     Introduced in {doc}`/book/part2/02-batching`.
@@ -70,6 +74,8 @@ def random_batch(
     offsets = torch.arange(block_size + 1)  # (T+1,)
     windows = ids[starts[:, None] + offsets]  # (B, T+1)
     x, y = windows[:, :-1], windows[:, 1:]
+    if bos_id is not None:
+        x, y = torch.cat([torch.full_like(y[:, :1], bos_id), y[:, :-1]], dim=1), y
     if device is not None:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     return x, y
@@ -81,6 +87,7 @@ def eval_batches(
     block_size: int,
     *,
     device: torch.device | str | None = None,
+    bos_id: int | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """A deterministic pass over the whole stream in non-overlapping windows.
 
@@ -92,11 +99,23 @@ def eval_batches(
     :param batch_size: windows per batch.
     :param block_size: window length (T).
     :param device: where to put the batches.
+    :param bos_id: start every window with this token; then the first token of the split is a target
+        too, and each window's inputs are ``[BOS]`` plus its targets shifted by one.
     :returns: an iterator of ``(x, y)`` pairs, each ``(b, T)`` with ``b <= batch_size``.
 
     Introduced in {doc}`/book/part2/02-batching`.
     """
     ids = as_ids(ids)
+    if bos_id is not None:
+        n_windows = -(-len(ids) // block_size)
+        y_all = torch.full((n_windows * block_size,), IGNORE_INDEX, dtype=torch.long)
+        y_all[: len(ids)] = ids
+        y_all = y_all.view(n_windows, block_size)
+        x_all = torch.cat([torch.full((n_windows, 1), bos_id), y_all[:, :-1].clamp(min=0)], dim=1)
+        for start in range(0, n_windows, batch_size):
+            x, y = x_all[start : start + batch_size], y_all[start : start + batch_size]
+            yield (x.to(device), y.to(device)) if device is not None else (x, y)
+        return
     n_targets = len(ids) - 1
     if n_targets < 1:
         return

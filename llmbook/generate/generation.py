@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from llmbook.generate.sampling import sample_next
+from llmbook.model.kv_cache import KVCache
 
 
 @dataclass
@@ -72,12 +73,15 @@ def generate(
     eos_id: int | None = None,
     pad_id: int = 0,
     generator: torch.Generator | None = None,
+    use_cache: bool = True,
 ) -> GenerationOutput:
     """Generate continuations for a batch of prompts.
 
     Prompts are left-padded and the padding is masked (:func:`left_pad`), so every row computes what it
-    would compute alone; a row stops at ``eos_id`` and is padded afterwards. Each step runs the model on
-    the last ``block_size`` tokens (Part 3 adds a KV cache that avoids the recomputation).
+    would compute alone; a row stops at ``eos_id`` and is padded afterwards. With ``use_cache`` (and
+    when prompt plus new tokens fit in ``block_size``) a :class:`~llmbook.model.kv_cache.KVCache` keeps
+    every layer's keys and values, so each step runs the model on one new token; otherwise each step
+    recomputes the last ``block_size`` tokens. Both give the same tokens.
 
     :param model: a language model with ``config.block_size`` whose forward takes ``attention_mask``.
     :param prompts: token-id lists (different lengths allowed).
@@ -88,6 +92,7 @@ def generate(
     :param eos_id: stop a row after it produces this id (None: never stop early).
     :param pad_id: the padding id.
     :param generator: random generator, for reproducible samples.
+    :param use_cache: use a KV cache when the whole sequence fits the context window.
     :returns: a :class:`GenerationOutput`.
 
     Introduced in {doc}`/book/part2/05-sampling`.
@@ -104,9 +109,25 @@ def generate(
     done = torch.zeros(B, dtype=torch.bool, device=device)
     logps = torch.zeros(B, max_new_tokens, device=device)
     keep = torch.zeros(B, max_new_tokens, dtype=torch.bool, device=device)
+    cache = None
+    if use_cache and P + max_new_tokens <= block_size:
+        dtype = next(model.parameters()).dtype
+        cache = KVCache(model.config, B, P + max_new_tokens, device=device, dtype=dtype)
+    step_ids, n_cached = ids, 0
     for n in range(max_new_tokens):
-        ctx_ids, ctx_mask = _crop(ids, mask, block_size)
-        logits = model(ctx_ids, attention_mask=ctx_mask).logits[:, -1]  # (B, V)
+        if cache is None:
+            ctx_ids, ctx_mask = _crop(ids, mask, block_size)
+            logits = model(ctx_ids, attention_mask=ctx_mask).logits[:, -1]  # (B, V)
+        elif bool(mask.all()):
+            # Nothing is padded: no mask to build, and attention takes its unmasked fast path.
+            logits = model(step_ids, cache=cache).logits[:, -1]  # (B, V)
+            n_cached = ids.size(1)
+        else:
+            # Positions count real tokens only, as in the uncached path.
+            positions = (mask.long().cumsum(-1) - 1).clamp(min=0)[:, n_cached:]
+            out = model(step_ids, attention_mask=mask, positions=positions, cache=cache)
+            logits = out.logits[:, -1]  # (B, V)
+            n_cached = ids.size(1)
         next_ids, next_logps = sample_next(
             logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
         )
@@ -115,6 +136,7 @@ def generate(
         logps[:, n] = torch.where(done, torch.zeros_like(next_logps), next_logps)
         ids = torch.cat([ids, next_ids[:, None]], dim=1)
         mask = torch.cat([mask, (~done)[:, None]], dim=1)
+        step_ids = next_ids[:, None]
         if eos_id is not None:
             done = done | (next_ids == eos_id)
             if bool(done.all()):

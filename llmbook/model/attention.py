@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmbook.model.config import ModelConfig
+from llmbook.model.rope import apply_rope
 
 
 def causal_mask(T: int, *, device: torch.device | str | None = None) -> torch.Tensor:
@@ -160,47 +161,127 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).contiguous().view(B, T, H * D)  # (B, T, C)
 
 
+def build_attention_mask(
+    T_q: int,
+    T_k: int,
+    *,
+    offset: int = 0,
+    key_valid: torch.Tensor | None = None,
+    window: int | None = None,
+    sinks: int = 0,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """The boolean mask for queries at indices ``offset .. offset + T_q - 1`` over keys ``0 .. T_k - 1``.
+
+    A query at index ``i`` may attend to key ``j`` when ``j <= i`` (causal), and, with a window, when
+    ``j > i - window`` or ``j < sinks`` (sliding window with attention sinks). With ``key_valid``,
+    padding keys are hidden; a padding query still sees itself, so that no row is empty (a softmax over
+    nothing is NaN, and NaN times zero would leak into real rows).
+
+    :param T_q: number of queries.
+    :param T_k: number of keys.
+    :param offset: index of the first query (the number of cached tokens).
+    :param key_valid: optional bool ``(B, T_k)``, True at real tokens.
+    :param window: attend only to the last ``window`` indices (None: all).
+    :param sinks: indices below this are always visible (with a window).
+    :param device: where to allocate.
+    :returns: bool ``(B or 1, 1, T_q, T_k)``, True where attention is allowed.
+
+    Introduced in {doc}`/book/part3/05-sliding-window`.
+    """
+    q_idx = offset + torch.arange(T_q, device=device)[:, None]  # (T_q, 1)
+    k_idx = torch.arange(T_k, device=device)[None, :]  # (1, T_k)
+    allowed = k_idx <= q_idx
+    if window is not None:
+        allowed = allowed & ((k_idx > q_idx - window) | (k_idx < sinks))
+    allowed = allowed[None, None]  # (1, 1, T_q, T_k)
+    if key_valid is not None:
+        allowed = (allowed & key_valid[:, None, None, :].bool()) | (k_idx == q_idx)
+    return allowed
+
+
 class MultiHeadAttention(nn.Module):
-    """Causal multi-head self-attention with an output projection.
+    """Causal multi-head self-attention, with grouped-query heads, RoPE and a KV cache as options.
 
-    All heads are computed in one batched matmul: a single ``(C, C)`` projection per q, k and v, split
-    into ``H`` heads of width ``D``. Projection names follow Hugging Face's Llama
-    (``q_proj``, ``k_proj``, ``v_proj``, ``o_proj``) so weights map without a rename table.
+    Queries have ``H`` heads; keys and values have ``K = config.kv_heads`` heads, each shared by
+    ``H / K`` query heads (grouped-query attention; ``K = H`` is plain multi-head attention). Projection
+    names follow Hugging Face's Llama (``q_proj``, ``k_proj``, ``v_proj``, ``o_proj``) so weights map
+    without a rename table.
 
-    :param config: the model config (uses ``n_embd``, ``n_head``, ``bias``, ``dropout``, ``attn_impl``).
+    :param config: the model config (uses ``n_embd``, ``n_head``, ``n_kv_head``, ``bias``, ``dropout``,
+        ``attn_impl``).
 
     Introduced in {doc}`/book/part1/04-multi-head`.
     """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        C = config.n_embd
+        C, D = config.n_embd, config.head_dim
         self.n_head = config.n_head
+        self.n_kv_head = config.kv_heads
         self.dropout = config.dropout
         self.impl = config.attn_impl
-        self.q_proj = nn.Linear(C, C, bias=config.bias)
-        self.k_proj = nn.Linear(C, C, bias=config.bias)
-        self.v_proj = nn.Linear(C, C, bias=config.bias)
-        self.o_proj = nn.Linear(C, C, bias=config.bias)
+        self.q_proj = nn.Linear(C, self.n_head * D, bias=config.bias)
+        self.k_proj = nn.Linear(C, self.n_kv_head * D, bias=config.bias)
+        self.v_proj = nn.Linear(C, self.n_kv_head * D, bias=config.bias)
+        self.o_proj = nn.Linear(self.n_head * D, C, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Attend causally, optionally also under a padding mask.
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        *,
+        rope: tuple | None = None,
+        cache=None,
+        layer: int = 0,
+    ) -> torch.Tensor:
+        """Attend causally (or under an explicit mask).
 
         :param x: input ``(B, T, C)``.
-        :param mask: optional bool mask broadcastable to ``(B, H, T, T)``, True where allowed.
+        :param mask: optional bool mask broadcastable to ``(B, H, T, S)``, True where allowed; when
+            given it replaces the causal rule (build it with :func:`build_attention_mask`).
+        :param rope: optional rotary tables ``(q_cos, q_sin, k_cos, k_sin)`` from the model.
+        :param cache: optional :class:`~llmbook.model.kv_cache.KVCache` or
+            :class:`~llmbook.model.kv_cache.RollingKVCache`.
+        :param layer: this layer's index in the cache.
         :returns: ``(B, T, C)``.
         """
+        B, T, _ = x.shape
         q = split_heads(self.q_proj(x), self.n_head)  # (B, H, T, D)
-        k = split_heads(self.k_proj(x), self.n_head)  # (B, H, T, D)
-        v = split_heads(self.v_proj(x), self.n_head)  # (B, H, T, D)
-        y = scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            mask=mask,
-            causal=True,
-            dropout_p=self.dropout if self.training else 0.0,
-            impl=self.impl,
-        )  # (B, H, T, D)
+        k = split_heads(self.k_proj(x), self.n_kv_head)  # (B, K, T, D)
+        v = split_heads(self.v_proj(x), self.n_kv_head)  # (B, K, T, D)
+        if cache is not None and cache.rotates_keys:
+            # Rolling cache: keys are stored raw and rotated by their position inside the cache.
+            k, v = cache.update(layer, k, v)  # (B, K, S, D)
+            q = apply_rope(q, rope[0], rope[1])
+            k = apply_rope(k, rope[2], rope[3])
+        else:
+            if rope is not None:
+                q = apply_rope(q, rope[0], rope[1])
+                k = apply_rope(k, rope[2], rope[3])
+            if cache is not None:
+                k, v = cache.update(layer, k, v)  # (B, K, S, D)
+        causal = mask is None and cache is None
+        dropout_p = self.dropout if self.training else 0.0
+        if self.n_kv_head != self.n_head and self.impl == "fused":
+            # The fused kernel shares each k/v head with its group of query heads without copying.
+            if causal:
+                y = F.scaled_dot_product_attention(
+                    q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=True
+                )
+            else:
+                y = F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=True
+                )
+        else:
+            if self.n_kv_head != self.n_head:
+                group = self.n_head // self.n_kv_head
+                k = k.repeat_interleave(
+                    group, dim=1
+                )  # (B, H, S, D): head h reads k/v head h // group
+                v = v.repeat_interleave(group, dim=1)
+            y = scaled_dot_product_attention(
+                q, k, v, mask=mask, causal=causal, dropout_p=dropout_p, impl=self.impl
+            )  # (B, H, T, D)
         return self.resid_dropout(self.o_proj(merge_heads(y)))  # (B, T, C)

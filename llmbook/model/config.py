@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-POS_EMBEDDINGS = ("learned", "sinusoidal")
-NORMS = ("layernorm", "none")
+POS_EMBEDDINGS = ("learned", "sinusoidal", "rope")
+NORMS = ("layernorm", "rmsnorm", "none")
+MLPS = ("gelu", "swiglu")
 ATTN_IMPLS = ("fused", "reference")
 
 
@@ -28,7 +29,10 @@ class ModelConfig:
     n_layer: int = 2
     """Number of transformer blocks stacked on top of each other."""
     n_head: int = 4
-    """Number of attention heads per block (H)."""
+    """Number of attention (query) heads per block (H)."""
+    n_kv_head: int | None = None
+    """Number of key/value heads (K); None means ``n_head`` (multi-head attention). Fewer gives
+    grouped-query attention, 1 gives multi-query attention; ``n_head`` must be a multiple of it."""
     n_embd: int = 64
     """Width of the residual stream (C); must be divisible by ``n_head``."""
     dropout: float = 0.0
@@ -36,9 +40,22 @@ class ModelConfig:
     bias: bool = True
     """Whether linear layers and norms carry additive biases (GPT-2 does; Llama does not)."""
     pos_embedding: str = "learned"
-    """How positions enter the model: ``"learned"`` (a trained table) or ``"sinusoidal"`` (fixed)."""
+    """How positions enter the model: ``"learned"`` (a trained table), ``"sinusoidal"`` (fixed), or
+    ``"rope"`` (rotary: queries and keys are rotated inside attention; no table is added)."""
+    rope_theta: float = 10000.0
+    """Base of the rotary frequencies (used with ``pos_embedding="rope"``)."""
     norm: str = "layernorm"
-    """Normalisation in each block and before the head: ``"layernorm"`` or ``"none"`` (an ablation)."""
+    """Normalisation in each block and before the head: ``"layernorm"``, ``"rmsnorm"`` or ``"none"``
+    (an ablation)."""
+    mlp: str = "gelu"
+    """Feed-forward block: ``"gelu"`` (GPT-2) or ``"swiglu"`` (Llama)."""
+    mlp_hidden: int | None = None
+    """Hidden width of the feed-forward block; None gives 4C for GELU and 8C/3 rounded up to a
+    multiple of 64 for SwiGLU (about the same parameter count)."""
+    sliding_window: int | None = None
+    """Attend only to the last ``sliding_window`` positions (W, the query included); None: all."""
+    attn_sinks: int = 0
+    """With a sliding window, also always attend to the first ``attn_sinks`` positions (StreamingLLM)."""
     residual: bool = True
     """Whether blocks add their output to the residual stream; ``False`` only for the ablation of 1.6."""
     attn_impl: str = "fused"
@@ -56,6 +73,19 @@ class ModelConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: must be a positive integer, got {value!r}")
+        if self.n_kv_head is not None:
+            if (
+                isinstance(self.n_kv_head, bool)
+                or not isinstance(self.n_kv_head, int)
+                or self.n_kv_head < 1
+            ):
+                raise ValueError(
+                    f"n_kv_head: must be a positive integer or None, got {self.n_kv_head!r}"
+                )
+            if self.n_head % self.n_kv_head:
+                raise ValueError(
+                    f"n_kv_head: must divide n_head ({self.n_head}), got {self.n_kv_head}"
+                )
         if self.n_embd % self.n_head != 0:
             raise ValueError(
                 f"n_embd: must be divisible by n_head ({self.n_head}), got {self.n_embd}"
@@ -68,11 +98,28 @@ class ModelConfig:
         for name, allowed in (
             ("pos_embedding", POS_EMBEDDINGS),
             ("norm", NORMS),
+            ("mlp", MLPS),
             ("attn_impl", ATTN_IMPLS),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: must be one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("norm_eps", "init_std"):
+        if self.pos_embedding == "rope" and self.head_dim % 2:
+            raise ValueError(f"pos_embedding: rope needs an even head width, got {self.head_dim}")
+        for name in ("mlp_hidden", "sliding_window"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ValueError(f"{name}: must be a positive integer or None, got {value!r}")
+        if (
+            isinstance(self.attn_sinks, bool)
+            or not isinstance(self.attn_sinks, int)
+            or self.attn_sinks < 0
+        ):
+            raise ValueError(f"attn_sinks: must be a non-negative integer, got {self.attn_sinks!r}")
+        if self.attn_sinks and self.sliding_window is None:
+            raise ValueError("attn_sinks: sinks only make sense with a sliding_window")
+        for name in ("norm_eps", "init_std", "rope_theta"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"{name}: must be a positive number, got {value!r}")
@@ -81,6 +128,20 @@ class ModelConfig:
     def head_dim(self) -> int:
         """Width of one attention head (D = C / H)."""
         return self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        """Number of key/value heads (K): ``n_kv_head``, or ``n_head`` when unset."""
+        return self.n_kv_head or self.n_head
+
+    @property
+    def hidden_size(self) -> int:
+        """Hidden width of the feed-forward block (see ``mlp_hidden``)."""
+        if self.mlp_hidden is not None:
+            return self.mlp_hidden
+        if self.mlp == "gelu":
+            return 4 * self.n_embd
+        return 64 * -(-(8 * self.n_embd) // (3 * 64))
 
     def to_dict(self) -> dict[str, Any]:
         """The config as a plain JSON-serialisable dict.
@@ -112,6 +173,19 @@ class ModelConfig:
     def gpt2_small(cls) -> ModelConfig:
         """The 124M-parameter GPT-2 small shape (12 layers, 12 heads, width 768, context 1024)."""
         return cls(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)
+
+    @classmethod
+    def llama_style(cls, **overrides: Any) -> ModelConfig:
+        """The modern (Llama-style) switches on the tiny defaults: RMSNorm, RoPE, SwiGLU, no biases,
+        untied head; any field can be overridden.
+
+        :param overrides: fields to change, e.g. ``n_kv_head=2``.
+        :returns: the config.
+        """
+        base = dict(
+            norm="rmsnorm", pos_embedding="rope", mlp="swiglu", bias=False, tie_weights=False
+        )
+        return cls(**{**base, **overrides})
 
     @classmethod
     def nanogpt_shakespeare_cpu(cls) -> ModelConfig:

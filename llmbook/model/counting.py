@@ -5,13 +5,27 @@ from __future__ import annotations
 from llmbook.model.config import ModelConfig
 
 
+def _block_weights(config: ModelConfig) -> tuple[int, int]:
+    """(matmul weights, bias entries) of one block's attention and feed-forward layers."""
+    C, D, K, h = config.n_embd, config.head_dim, config.kv_heads, config.hidden_size
+    attn = 2 * C * C + 2 * C * K * D  # q and o are C x C; k and v are C x K*D
+    attn_bias = C + 2 * K * D + C
+    if config.mlp == "swiglu":
+        mlp, mlp_bias = 3 * C * h, 2 * h + C
+    else:
+        mlp, mlp_bias = 2 * C * h, h + C
+    return attn + mlp, (attn_bias + mlp_bias if config.bias else 0)
+
+
 def count_parameters(config: ModelConfig, *, non_embedding: bool = False) -> int:
     r"""The number of parameters of :class:`~llmbook.model.gpt.GPT` built from ``config``, by formula.
 
-    With width $C$, depth $L$, vocabulary $V$ and context $T$, each block holds $12C^2$ weights
-    ($4C^2$ in the q, k, v, o projections and $8C^2$ in the MLP), $9C$ biases when ``bias`` is set
-    ($4C$ attention, $4C + C$ MLP) and two norms of $C$ (or $2C$ with bias) each. Embeddings add $VC$,
-    plus $TC$ for a learned position table; the final norm adds one more norm; an untied head adds $VC$.
+    With width $C$, depth $L$, vocabulary $V$, context $T$ and a GELU MLP of width $4C$, each block
+    holds $12C^2$ weights ($4C^2$ in the q, k, v, o projections and $8C^2$ in the MLP), $9C$ biases
+    when ``bias`` is set ($4C$ attention, $4C + C$ MLP) and two norms of $C$ (or $2C$ with bias) each.
+    Embeddings add $VC$, plus $TC$ for a learned position table; the final norm adds one more norm; an
+    untied head adds $VC$. Grouped-query attention shrinks k and v to $C \cdot KD$ each; SwiGLU has three
+    matrices of $C \times h$; RMSNorm has a gain only; RoPE has no parameters.
 
     :param config: the model config.
     :param non_embedding: leave out the token and position tables (and the head when tied).
@@ -20,9 +34,14 @@ def count_parameters(config: ModelConfig, *, non_embedding: bool = False) -> int
     Introduced in {doc}`/book/part1/07-gpt-model`.
     """
     C, L, V, T = config.n_embd, config.n_layer, config.vocab_size, config.block_size
-    norm = 0 if config.norm == "none" else (2 * C if config.bias else C)
-    block = 12 * C * C + (9 * C if config.bias else 0) + 2 * norm
-    n = L * block + norm
+    if config.norm == "none":
+        norm = 0
+    elif config.norm == "rmsnorm":
+        norm = C
+    else:
+        norm = 2 * C if config.bias else C
+    weights, biases = _block_weights(config)
+    n = L * (weights + biases + 2 * norm) + norm
     if not config.tie_weights:
         n += V * C
     if not non_embedding:
@@ -49,5 +68,5 @@ def flops_per_token(config: ModelConfig, *, seq_len: int | None = None) -> int:
     """
     C, L, V = config.n_embd, config.n_layer, config.vocab_size
     T = config.block_size if seq_len is None else seq_len
-    matmul_weights = L * 12 * C * C + V * C
+    matmul_weights = L * _block_weights(config)[0] + V * C
     return 6 * matmul_weights + 12 * L * T * C

@@ -9,9 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmbook.model.attention import build_attention_mask
 from llmbook.model.block import Block, build_norm
 from llmbook.model.config import ModelConfig
 from llmbook.model.positional import LearnedPositionalEmbedding, SinusoidalPositionalEmbedding
+from llmbook.model.rope import rope_cache
 
 
 class GPTOutput(NamedTuple):
@@ -38,10 +40,12 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
+        self.pos_emb: nn.Module | None = None
         if config.pos_embedding == "learned":
             self.pos_emb = LearnedPositionalEmbedding(config.block_size, config.n_embd)
-        else:
+        elif config.pos_embedding == "sinusoidal":
             self.pos_emb = SinusoidalPositionalEmbedding(config.block_size, config.n_embd)
+        self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm_f = build_norm(config)
@@ -64,47 +68,118 @@ class GPT(nn.Module):
             else:
                 nn.init.normal_(p, std=std)
 
+    def rope_tables(self, n_positions: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin for positions ``0 .. n_positions - 1`` (computed once, grown on demand).
+
+        :param n_positions: how many positions are needed.
+        :param device: where the tables must live.
+        :returns: ``(cos, sin)``, each ``(n, D)``.
+        """
+        n = max(n_positions, self.config.block_size)
+        if (
+            self._rope is None
+            or self._rope[0].size(0) < n
+            or self._rope[0].device != torch.device(device)
+        ):
+            self._rope = rope_cache(n, self.config.head_dim, self.config.rope_theta, device=device)
+        return self._rope
+
     def hidden_states(
         self,
         idx: torch.Tensor,
         *,
         attention_mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
+        cache=None,
     ) -> torch.Tensor:
         """Run the model up to (and including) the final norm.
 
-        :param idx: token ids ``(B, T)`` with ``T <= block_size``.
-        :param attention_mask: optional bool ``(B, T)``, True at real tokens and False at padding.
-            Padding is never attended to, and positions count real tokens only, so a left-padded row
+        :param idx: token ids ``(B, T)``; without a cache ``T <= block_size``.
+        :param attention_mask: optional bool, True at real tokens and False at padding: ``(B, T)``, or
+            with a :class:`~llmbook.model.kv_cache.KVCache` ``(B, cached + T)`` covering the cached tokens
+            too. Padding is never attended to, and positions count real tokens only, so a left-padded row
             computes exactly what the unpadded sequence computes.
-        :param positions: optional ``(B, T)`` or ``(T,)`` position ids; by default ``0..T-1``, or derived
-            from ``attention_mask``.
+        :param positions: optional ``(B, T)`` or ``(T,)`` position ids; by default ``0..T-1`` after the
+            cached tokens, or derived from ``attention_mask``.
+        :param cache: optional :class:`~llmbook.model.kv_cache.KVCache` (it is filled and advanced) or
+            :class:`~llmbook.model.kv_cache.RollingKVCache` (one token per call, RoPE models).
         :returns: the final hidden states ``(B, T, C)``.
-        :raises ValueError: when the sequence is longer than ``block_size`` or a mask has the wrong shape.
+        :raises ValueError: for a sequence longer than ``block_size`` without a cache, positions beyond
+            a learned table, or a mask of the wrong shape.
         """
         B, T = idx.shape
-        if T > self.config.block_size:
-            raise ValueError(f"sequence length {T} exceeds block_size ({self.config.block_size})")
-        mask = None
-        if attention_mask is not None:
-            if attention_mask.shape != (B, T):
-                raise ValueError(
-                    f"attention_mask: expected shape {(B, T)}, got {tuple(attention_mask.shape)}"
-                )
-            valid = attention_mask.to(torch.bool)
+        cfg = self.config
+        device = idx.device
+        start = 0 if cache is None else getattr(cache, "length", getattr(cache, "seen", 0))
+        if cache is None and T > cfg.block_size:
+            raise ValueError(f"sequence length {T} exceeds block_size ({cfg.block_size})")
+        rope = None
+        if cache is not None and cache.rotates_keys:
+            if cfg.pos_embedding != "rope":
+                raise ValueError("pos_embedding: the rolling cache needs a rope model")
+            if T != 1:
+                raise ValueError(f"idx: the rolling cache takes one token per call, got {T}")
+            slot_pos, valid, q_pos = cache.positions(start)
+            cos, sin = self.rope_tables(cache.size, device)
+            rope = (
+                cos[q_pos : q_pos + 1],
+                sin[q_pos : q_pos + 1],
+                cos[slot_pos.to(device)],
+                sin[slot_pos.to(device)],
+            )
+            mask = valid.to(device)[None, None, None, :]  # (1, 1, 1, S+W)
+            positions = None
+        else:
+            T_k = start + T
+            key_valid = None
+            if attention_mask is not None:
+                key_valid = attention_mask.to(device=device, dtype=torch.bool)
+                if key_valid.shape == (B, T) and start > 0:
+                    raise ValueError(
+                        f"attention_mask: with {start} cached tokens it must cover them too: "
+                        f"expected shape {(B, T_k)}"
+                    )
+                if key_valid.shape != (B, T_k):
+                    raise ValueError(
+                        f"attention_mask: expected shape {(B, T_k)}, got {tuple(key_valid.shape)}"
+                    )
+                if positions is None:
+                    positions = (key_valid.long().cumsum(-1) - 1).clamp(min=0)[:, start:]  # (B, T)
             if positions is None:
-                positions = (valid.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
-            # Each query sees the real keys; a padding query also sees itself, so that no row is
-            # entirely masked (a softmax over nothing is NaN, and NaN * 0 would leak into real rows).
-            eye = torch.eye(T, dtype=torch.bool, device=idx.device)
-            mask = (
-                valid[:, None, None, :] | eye
-            )  # (B, 1, T, T); the causal rule is added in attention
-        if positions is None:
-            positions = torch.arange(T, device=idx.device)  # (T,)
-        x = self.drop(self.tok_emb(idx) + self.pos_emb(positions))  # (B, T, C)
-        for block in self.blocks:
-            x = block(x, mask)
+                positions = torch.arange(start, T_k, device=device)  # (T,)
+            needs_mask = (
+                key_valid is not None
+                or cfg.sliding_window is not None
+                or (cache is not None and T > 1)
+            )
+            mask = None
+            if needs_mask:
+                mask = build_attention_mask(
+                    T,
+                    T_k,
+                    offset=start,
+                    key_valid=key_valid,
+                    window=cfg.sliding_window,
+                    sinks=cfg.attn_sinks,
+                    device=device,
+                )
+            if cfg.pos_embedding == "rope":
+                cos, sin = self.rope_tables(int(positions.max()) + 1, device)
+                cos, sin = cos[positions], sin[positions]  # (T, D) or (B, T, D)
+                rope = (cos, sin, cos, sin)
+        x = self.tok_emb(idx)  # (B, T, C)
+        if self.pos_emb is not None and positions is not None:
+            if int(positions.max()) >= cfg.block_size:
+                raise ValueError(
+                    f"positions: {int(positions.max())} is beyond the {cfg.pos_embedding} table "
+                    f"(block_size {cfg.block_size})"
+                )
+            x = x + self.pos_emb(positions)
+        x = self.drop(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, rope=rope, cache=cache, layer=i)
+        if cache is not None:
+            cache.advance(T)
         return self.norm_f(x)  # (B, T, C)
 
     def forward(
@@ -114,6 +189,7 @@ class GPT(nn.Module):
         *,
         attention_mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
+        cache=None,
         ignore_index: int = -100,
     ) -> GPTOutput:
         """Compute next-token logits and, given targets, the cross-entropy loss.
@@ -123,10 +199,11 @@ class GPT(nn.Module):
             is the token after ``idx[:, t]``); positions equal to ``ignore_index`` do not count.
         :param attention_mask: optional bool ``(B, T)``, True at real tokens; see :meth:`hidden_states`.
         :param positions: optional position ids; see :meth:`hidden_states`.
+        :param cache: optional KV cache; see :meth:`hidden_states`.
         :param ignore_index: target value that is left out of the loss.
         :returns: a :class:`GPTOutput` ``(logits (B, T, V), loss or None)``.
         """
-        h = self.hidden_states(idx, attention_mask=attention_mask, positions=positions)
+        h = self.hidden_states(idx, attention_mask=attention_mask, positions=positions, cache=cache)
         logits = self.lm_head(h)  # (B, T, V)
         loss = None
         if targets is not None:
@@ -147,5 +224,6 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())  # parameters() already de-duplicates ties
         if non_embedding:
             n -= self.tok_emb.weight.numel()
-            n -= sum(p.numel() for p in self.pos_emb.parameters())
+            if self.pos_emb is not None:
+                n -= sum(p.numel() for p in self.pos_emb.parameters())
         return n

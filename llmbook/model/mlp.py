@@ -23,7 +23,7 @@ class MLP(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        hidden = 4 * config.n_embd
+        hidden = config.hidden_size
         self.up_proj = nn.Linear(config.n_embd, hidden, bias=config.bias)
         self.act = nn.GELU(approximate="tanh")
         self.down_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
@@ -36,3 +36,34 @@ class MLP(nn.Module):
         :returns: ``(B, T, C)``.
         """
         return self.dropout(self.down_proj(self.act(self.up_proj(x))))  # (B, T, C)
+
+
+class SwiGLU(nn.Module):
+    r"""The gated feed-forward block of Llama (Shazeer, 2020).
+
+    $$\operatorname{SwiGLU}(x) = W_\text{down}\bigl(\operatorname{SiLU}(W_\text{gate}\,x) \odot W_\text{up}\,x\bigr)$$
+
+    Three matrices instead of two, so at the same parameter count the hidden width is $2/3$ of the
+    GELU block's: ``config.mlp_hidden`` or, by default, $\tfrac83 C$ rounded up to a multiple of 64.
+
+    :param config: the model config (uses ``n_embd``, ``bias``, ``dropout``, ``mlp_hidden``).
+
+    Introduced in {doc}`/book/part3/03-swiglu`.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        hidden = config.hidden_size
+        self.gate_proj = nn.Linear(config.n_embd, hidden, bias=config.bias)
+        self.up_proj = nn.Linear(config.n_embd, hidden, bias=config.bias)
+        self.down_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the block.
+
+        :param x: ``(B, T, C)``.
+        :returns: ``(B, T, C)``.
+        """
+        h = torch.nn.functional.silu(self.gate_proj(x)) * self.up_proj(x)  # (B, T, hidden)
+        return self.dropout(self.down_proj(h))  # (B, T, C)

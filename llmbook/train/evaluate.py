@@ -38,6 +38,7 @@ def evaluate(
     batch_size: int = 64,
     n_bytes: int | None = None,
     max_batches: int | None = None,
+    bos_id: int | None = None,
 ) -> EvalResult:
     """Loss over the whole split, in deterministic non-overlapping windows.
 
@@ -48,6 +49,8 @@ def evaluate(
     :param n_bytes: bytes of text the tokens span (default: one byte per token, the byte tokenizer).
     :param max_batches: a quick estimate from this many batches spread evenly over the split (used
         during training); None = all.
+    :param bos_id: start every window with this token (for models trained that way, see
+        :func:`~llmbook.data.batching.random_batch`).
     :returns: the :class:`EvalResult`.
 
     Introduced in {doc}`/book/part2/06-evaluation`.
@@ -57,12 +60,13 @@ def evaluate(
     device = next(model.parameters()).device
     T = block_size or model.config.block_size
     total, count = 0.0, 0
-    n_batches = -(-max(len(ids) - 1, 0) // (T * batch_size))
+    n_targets = len(ids) if bos_id is not None else max(len(ids) - 1, 0)
+    n_batches = -(-n_targets // (T * batch_size))
     chosen = None
     if max_batches is not None and max_batches < n_batches:
         # Evenly spaced batches, so a quick estimate sees the whole split (its start is not typical).
         chosen = set(torch.linspace(0, n_batches - 1, max_batches).round().long().tolist())
-    for i, (x, y) in enumerate(eval_batches(ids, batch_size, T, device=device)):
+    for i, (x, y) in enumerate(eval_batches(ids, batch_size, T, device=device, bos_id=bos_id)):
         if chosen is not None and i not in chosen:
             continue
         logits = model(x).logits

@@ -51,6 +51,9 @@ class TrainConfig:
     split); the final evaluation is always over the whole split."""
     eval_batch_size: int = 64
     """Windows per evaluation batch."""
+    bos_id: int | None = None
+    """Start every training and evaluation window with this token, as documents start with BOS in real
+    pretraining (see :func:`~llmbook.data.batching.random_batch`); None: plain windows."""
     precision: str = "float32"
     """``"float32"``, or ``"bfloat16"`` for bf16 autocast of the forward pass."""
     seed: int = 1337
@@ -88,6 +91,12 @@ class TrainConfig:
             raise ValueError(f"weight_decay: must be >= 0, got {self.weight_decay!r}")
         if self.grad_clip < 0:
             raise ValueError(f"grad_clip: must be >= 0, got {self.grad_clip!r}")
+        if self.bos_id is not None and (
+            isinstance(self.bos_id, bool) or not isinstance(self.bos_id, int) or self.bos_id < 0
+        ):
+            raise ValueError(
+                f"bos_id: must be a non-negative token id or None, got {self.bos_id!r}"
+            )
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision: must be one of {PRECISIONS}, got {self.precision!r}")
 
@@ -208,6 +217,7 @@ def train(
             block_size=T,
             batch_size=config.eval_batch_size,
             max_batches=None if full else config.eval_batches,
+            bos_id=config.bos_id,
         )
         history.eval_steps.append(step)
         history.val_loss.append(result.loss)
@@ -224,7 +234,14 @@ def train(
         )
         for group in optimizer.param_groups:
             group["lr"] = lr
-        x, y = random_batch(train_ids, config.batch_size, T, generator=generator, device=device)
+        x, y = random_batch(
+            train_ids,
+            config.batch_size,
+            T,
+            generator=generator,
+            device=device,
+            bos_id=config.bos_id,
+        )
         with _autocast(config.precision, device):
             _, loss = model(x, y)
         optimizer.zero_grad(set_to_none=True)

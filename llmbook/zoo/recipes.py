@@ -141,6 +141,29 @@ def resolve(name: str, profile: str | None = None) -> ResolvedRecipe:
     )
 
 
+CPU_TRAIN = {
+    "max_steps": 1500,
+    "batch_size": 12,
+    "lr": 3e-3,
+    "min_lr": 1e-4,
+    "warmup_steps": 100,
+    "eval_interval": 500,
+    "eval_batches": 8,
+}
+"""The cpu profile's training budget shared by the base recipes: about a minute on two cores."""
+
+GPU_TRAIN = {
+    "max_steps": 5000,
+    "batch_size": 64,
+    "lr": 1e-3,
+    "min_lr": 1e-4,
+    "warmup_steps": 100,
+    "eval_interval": 250,
+    "eval_batches": 20,
+    "precision": "bfloat16",
+}
+"""The gpu profile's training budget (nanoGPT's shakespeare-char GPU run, in bf16)."""
+
 # The Part 2 base model: a byte-level GPT on TinyShakespeare. The cpu profile is nanoGPT's CPU
 # Shakespeare shape (4 layers, 4 heads, width 128, context 64); the gpu profile is nanoGPT's
 # shakespeare-char GPU configuration (6 x 6 x 384, context 256, dropout 0.2).
@@ -154,15 +177,7 @@ register(
         profiles={
             "cpu": {
                 "model": {"block_size": 64, "n_layer": 4, "n_head": 4, "n_embd": 128},
-                "train": {
-                    "max_steps": 1500,
-                    "batch_size": 12,
-                    "lr": 3e-3,
-                    "min_lr": 1e-4,
-                    "warmup_steps": 100,
-                    "eval_interval": 500,
-                    "eval_batches": 8,
-                },
+                "train": dict(CPU_TRAIN),
             },
             "gpu": {
                 "model": {
@@ -172,16 +187,60 @@ register(
                     "n_embd": 384,
                     "dropout": 0.2,
                 },
-                "train": {
-                    "max_steps": 5000,
-                    "batch_size": 64,
-                    "lr": 1e-3,
-                    "min_lr": 1e-4,
-                    "warmup_steps": 100,
-                    "eval_interval": 250,
-                    "eval_batches": 20,
-                    "precision": "bfloat16",
+                "train": dict(GPU_TRAIN),
+            },
+        },
+    )
+)
+
+
+# The Part 3 modern base: the same data and budget as the Part 2 base, with Llama's switches
+# (RMSNorm, RoPE, SwiGLU, grouped-query attention, no biases, untied head). Every training window starts
+# with BOS, as documents do in real pretraining; that is what makes attention sinks appear (Part 3.5).
+# Later parts build on it.
+register(
+    Recipe(
+        name="shakespeare-modern",
+        description="Part 3 base: byte-level Llama-style model (RMSNorm, RoPE, SwiGLU, GQA) on TinyShakespeare",
+        corpus="tinyshakespeare",
+        model={
+            "vocab_size": 259,
+            "norm": "rmsnorm",
+            "pos_embedding": "rope",
+            "mlp": "swiglu",
+            "bias": False,
+            "tie_weights": False,
+            "dropout": 0.0,
+        },
+        train={
+            "seed": 1337,
+            "weight_decay": 0.1,
+            "grad_clip": 1.0,
+            "beta1": 0.9,
+            "beta2": 0.99,
+            "bos_id": 256,
+        },
+        profiles={
+            "cpu": {
+                "model": {
+                    "block_size": 64,
+                    "n_layer": 4,
+                    "n_head": 4,
+                    "n_kv_head": 2,
+                    "n_embd": 128,
                 },
+                "train": dict(CPU_TRAIN),
+            },
+            "gpu": {
+                "model": {
+                    "block_size": 256,
+                    "n_layer": 6,
+                    "n_head": 6,
+                    "n_kv_head": 2,
+                    "n_embd": 384,
+                    "dropout": 0.2,
+                },
+                "train": dict(GPU_TRAIN),
             },
         },
     )

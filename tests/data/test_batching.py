@@ -45,3 +45,22 @@ def test_hf_dataset_map_and_torch_format():
     assert isinstance(row["input_ids"], torch.Tensor)
     torch.testing.assert_close(row["input_ids"], torch.arange(16, 24))
     torch.testing.assert_close(row["labels"], torch.arange(17, 25))
+
+
+def test_bos_prefixed_batches():
+    ids = torch.arange(1, 1000)
+    x, y = random_batch(ids, 4, 8, generator=torch.Generator().manual_seed(0), bos_id=0)
+    assert (x[:, 0] == 0).all()
+    torch.testing.assert_close(x[:, 1:], y[:, :-1])
+    torch.testing.assert_close(y[:, 1:], y[:, :-1] + 1)
+
+
+def test_bos_eval_batches_cover_every_token_once():
+    ids = torch.arange(1, 104)  # 103 tokens: with BOS every one of them is a target
+    targets = []
+    for x, y in eval_batches(ids, batch_size=3, block_size=10, bos_id=0):
+        assert (x[:, 0] == 0).all()
+        keep = y != IGNORE_INDEX
+        targets.extend(y[keep].tolist())
+        torch.testing.assert_close(x[:, 1:][keep[:, :-1]], y[:, :-1][keep[:, :-1]])
+    assert targets == list(range(1, 104))

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from llmbook.generate.generation import generate, left_pad, sequence_logprobs
@@ -63,3 +64,33 @@ def test_seeded_generation_is_reproducible():
     a = generate(m, PROMPTS, max_new_tokens=10, generator=torch.Generator().manual_seed(5))
     b = generate(m, PROMPTS, max_new_tokens=10, generator=torch.Generator().manual_seed(5))
     assert a.completions == b.completions
+
+
+MODERN = dict(
+    norm="rmsnorm", pos_embedding="rope", mlp="swiglu", n_kv_head=1, bias=False, tie_weights=False
+)
+
+
+@pytest.mark.parametrize("kw", [{}, MODERN, {"pos_embedding": "sinusoidal"}])
+def test_cached_generation_equals_recomputation(kw):
+    m = model(seed=2, **kw)
+    prompts = [[5, 6, 7], [1], [9, 8, 7, 6, 5, 4]]
+    cached = generate(m, prompts, max_new_tokens=14, temperature=0, use_cache=True)
+    full = generate(m, prompts, max_new_tokens=14, temperature=0, use_cache=False)
+    assert cached.completions == full.completions
+    torch.testing.assert_close(cached.logps, full.logps, atol=1e-5, rtol=1e-5)
+
+
+def test_cached_logits_equal_full_forward():
+    from llmbook.model.kv_cache import KVCache
+
+    m = model(seed=4, **MODERN)
+    ids = torch.randint(0, 40, (2, 20))
+    full = m(ids).logits
+    cache = KVCache(m.config, 2, 20)
+    parts = [m(ids[:, :8], cache=cache).logits]
+    for t in range(8, 20):
+        parts.append(m(ids[:, t : t + 1], cache=cache).logits)
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="max_len"):
+        m(ids[:, :1], cache=cache)

@@ -16,6 +16,20 @@ VARIANTS = [
     {"norm": "none"},
     {"residual": False},
     {"attn_impl": "reference"},
+    {"norm": "rmsnorm"},
+    {"pos_embedding": "rope"},
+    {"mlp": "swiglu"},
+    {"n_kv_head": 1},
+    {"mlp": "swiglu", "mlp_hidden": 20, "bias": True},
+    {"sliding_window": 5, "attn_sinks": 2},
+    {
+        "norm": "rmsnorm",
+        "pos_embedding": "rope",
+        "mlp": "swiglu",
+        "n_kv_head": 1,
+        "bias": False,
+        "tie_weights": False,
+    },
 ]
 
 

@@ -49,4 +49,6 @@ def test_float64_stays_float64():
     ln = LayerNorm(16).double()
     y = ln(x)
     assert y.dtype == torch.float64
-    torch.testing.assert_close(y, F.layer_norm(x, (16,), ln.weight, ln.bias, 1e-5), atol=1e-12, rtol=0)
+    torch.testing.assert_close(
+        y, F.layer_norm(x, (16,), ln.weight, ln.bias, 1e-5), atol=1e-12, rtol=0
+    )

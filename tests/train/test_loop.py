@@ -87,6 +87,7 @@ def test_warmup_cosine_shape():
         ({"precision": "fp8"}, "precision"),
         ({"beta2": 1.0}, "beta2"),
         ({"eval_batches": 0}, "eval_batches"),
+        ({"bos_id": -1}, "bos_id"),
     ],
 )
 def test_bad_train_config_names_the_field(kw, field):
