@@ -48,7 +48,7 @@ $(STAMP): pyproject.toml Makefile
 # Train every zoo recipe's profile that has no checkpoint yet (LLMBOOK_PROFILE, default cpu without
 # CUDA). Chapters do this themselves on first use; CI runs it as its own stage so that its time shows.
 zoo: venv
-	@for recipe in $$($(BIN)/python -c "from llmbook.zoo import RECIPES; print(' '.join(sorted(RECIPES)))"); do \
+	@set -o pipefail; for recipe in $$($(BIN)/python -c "from llmbook.zoo import RECIPES; print(' '.join(sorted(RECIPES)))"); do \
 	  $(BIN)/llmbook train --recipe $$recipe --if-missing --no-progress | tail -1 || exit 1; \
 	done
 
