@@ -11,6 +11,21 @@ MLPS = ("gelu", "swiglu")
 ATTN_IMPLS = ("fused", "reference")
 
 
+def config_from_dict(cls: type, data: dict[str, Any]):
+    """Build any config dataclass from a dict; an unknown key raises a :class:`ValueError` naming it.
+
+    :param cls: the dataclass (e.g. :class:`ModelConfig` or :class:`~llmbook.train.loop.TrainConfig`).
+    :param data: field names mapped to values.
+    :returns: the validated config.
+    :raises ValueError: when a key is not a field of ``cls``, or a value is invalid.
+    """
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{unknown[0]}: not a {cls.__name__} field (known: {sorted(known)})")
+    return cls(**data)
+
+
 @dataclass(kw_only=True)
 class ModelConfig:
     """Shape and switches of a decoder-only transformer.
@@ -158,11 +173,7 @@ class ModelConfig:
         :returns: the validated config.
         :raises ValueError: when a key is not a field, or a value is invalid.
         """
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{unknown[0]}: not a ModelConfig field (known: {sorted(known)})")
-        return cls(**data)
+        return config_from_dict(cls, data)
 
     @classmethod
     def tiny(cls) -> ModelConfig:

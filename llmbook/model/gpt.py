@@ -110,7 +110,7 @@ class GPT(nn.Module):
         B, T = idx.shape
         cfg = self.config
         device = idx.device
-        start = 0 if cache is None else getattr(cache, "length", getattr(cache, "seen", 0))
+        start = 0 if cache is None else cache.length
         if cache is None and T > cfg.block_size:
             raise ValueError(f"sequence length {T} exceeds block_size ({cfg.block_size})")
         rope = None

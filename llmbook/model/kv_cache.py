@@ -109,8 +109,8 @@ class RollingKVCache:
         shape = (config.n_layer, batch_size, config.kv_heads, size, config.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.seen = 0
-        """Tokens fed so far (the index of the next token)."""
+        self.length = 0
+        """Tokens fed so far (the index of the next token), as in :class:`KVCache`."""
 
     @property
     def size(self) -> int:
@@ -162,7 +162,7 @@ class RollingKVCache:
         """
         if k.size(2) != 1:
             raise ValueError(f"k: the rolling cache takes one token per step, got {k.size(2)}")
-        slot = self._slot(self.seen)
+        slot = self._slot(self.length)
         self.k[layer, :, :, slot] = k[:, :, 0]
         self.v[layer, :, :, slot] = v[:, :, 0]
         return self.k[layer], self.v[layer]
@@ -172,7 +172,7 @@ class RollingKVCache:
 
         :param n: tokens added.
         """
-        self.seen += n
+        self.length += n
 
     @property
     def nbytes(self) -> int:

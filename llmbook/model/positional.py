@@ -8,6 +8,13 @@ import torch
 from torch import nn
 
 
+def _frequencies(dim: int, base: float) -> torch.Tensor:
+    """The angular frequency of each (sin, cos) pair, $\\omega_i = \\text{base}^{-2i/\\text{dim}}$, float64."""
+    if dim < 2 or dim % 2:
+        raise ValueError(f"dim: must be a positive even number, got {dim}")
+    return torch.exp(-math.log(base) * torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+
+
 def sinusoidal_table(n_positions: int, dim: int, base: float = 10000.0) -> torch.Tensor:
     r"""The sinusoidal position encoding of "Attention Is All You Need".
 
@@ -26,12 +33,8 @@ def sinusoidal_table(n_positions: int, dim: int, base: float = 10000.0) -> torch
     """
     if n_positions < 1:
         raise ValueError(f"n_positions: must be positive, got {n_positions}")
-    if dim < 2 or dim % 2:
-        raise ValueError(f"dim: must be a positive even number, got {dim}")
+    freqs = _frequencies(dim, base)  # (dim/2,)
     position = torch.arange(n_positions, dtype=torch.float64)[:, None]  # (P, 1)
-    freqs = torch.exp(
-        -math.log(base) * torch.arange(0, dim, 2, dtype=torch.float64) / dim
-    )  # (dim/2,)
     angles = position * freqs  # (P, dim/2)
     table = torch.empty(n_positions, dim, dtype=torch.float64)
     table[:, 0::2] = torch.sin(angles)
@@ -52,10 +55,7 @@ def sinusoidal_rotation(offset: int, dim: int, base: float = 10000.0) -> torch.T
 
     Introduced in {doc}`/book/part1/01-positional-embeddings`.
     """
-    if dim < 2 or dim % 2:
-        raise ValueError(f"dim: must be a positive even number, got {dim}")
-    freqs = torch.exp(-math.log(base) * torch.arange(0, dim, 2, dtype=torch.float64) / dim)
-    theta = offset * freqs
+    theta = offset * _frequencies(dim, base)
     rot = torch.zeros(dim, dim, dtype=torch.float64)
     c, s = torch.cos(theta), torch.sin(theta)
     idx = torch.arange(0, dim, 2)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
 from llmbook.data.batching import as_ids, random_batch
+from llmbook.model.config import config_from_dict
 from llmbook.train.evaluate import evaluate
 from llmbook.train.optim import build_optimizer
 from llmbook.train.schedule import warmup_cosine
@@ -114,11 +115,7 @@ class TrainConfig:
         :param data: field names mapped to values.
         :returns: the validated config.
         """
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{unknown[0]}: not a TrainConfig field")
-        return cls(**data)
+        return config_from_dict(cls, data)
 
 
 @dataclass
