@@ -100,16 +100,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_train(args) -> int:
+    from llmbook.train.distributed import cleanup, init_distributed
     from llmbook.zoo import load_or_train
 
     started = time.perf_counter()
+    # Under torchrun (WORLD_SIZE > 1) join the process group: each process trains its share of every
+    # batch and rank 0 writes the checkpoint and prints the summary.
+    info = init_distributed()
+    device = args.device if info.world_size == 1 else info.device
     zoo = load_or_train(
         args.recipe,
         args.profile,
-        device=args.device,
+        device=device,
         retrain=not args.if_missing,
         progress=not args.no_progress,
     )
+    cleanup()
+    if not info.is_main:
+        return 0
     m = zoo.meta["metrics"]
     _emit(
         {
@@ -125,6 +133,7 @@ def _cmd_train(args) -> int:
             "steps": zoo.recipe.train_config.max_steps,
             "corpus_origin": zoo.meta["corpus"]["origin"],
             "wall_seconds": time.perf_counter() - started,
+            "processes": info.world_size,
         }
     )
     return 0

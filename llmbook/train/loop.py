@@ -1,21 +1,27 @@
-"""The training loop, written out: batches, AdamW, clipping, a warmup + cosine schedule, evaluation."""
+"""The training loop, written out: batches, AdamW, clipping, schedules, evaluation; plus gradient
+accumulation, mixed precision, exact resume, logging and data parallelism (Part 4)."""
 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from llmbook.data.batching import as_ids, random_batch
+from llmbook.data.batching import IGNORE_INDEX, as_ids, random_batch
 from llmbook.model.config import config_from_dict
+from llmbook.train.distributed import all_reduce_sum, barrier, shard, world
 from llmbook.train.evaluate import evaluate
 from llmbook.train.optim import build_optimizer
-from llmbook.train.schedule import warmup_cosine
+from llmbook.train.schedule import SCHEDULES, learning_rate
 
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS = ("float32", "bfloat16", "float16")
+"""``TrainConfig.precision`` values: full fp32, bf16 autocast, or fp16 autocast with a gradient scaler."""
 
 
 @dataclass(kw_only=True)
@@ -28,7 +34,11 @@ class TrainConfig:
     max_steps: int = 2000
     """Optimizer steps."""
     batch_size: int = 12
-    """Windows per step (B)."""
+    """Windows per optimizer step (B): the global batch, over all micro-batches and processes."""
+    grad_accum_steps: int = 1
+    """Micro-batches per optimizer step. Each holds ``batch_size / (grad_accum_steps * processes)``
+    windows; the gradient equals the full batch's up to float rounding, so this only trades memory for
+    time."""
     block_size: int | None = None
     """Window length (T); None uses the model's ``block_size``."""
     lr: float = 1e-3
@@ -37,6 +47,11 @@ class TrainConfig:
     """Learning rate at the end of the cosine decay."""
     warmup_steps: int = 100
     """Steps of linear warmup."""
+    schedule: str = "cosine"
+    """The learning-rate schedule after warmup: ``"constant"``, ``"cosine"`` or ``"wsd"`` (see
+    :func:`~llmbook.train.schedule.learning_rate`)."""
+    decay_fraction: float = 0.2
+    """For ``"wsd"``: the share of the post-warmup steps spent in the final linear decay."""
     weight_decay: float = 0.1
     """Decoupled weight decay on matrices (see :func:`~llmbook.train.optim.param_groups`)."""
     beta1: float = 0.9
@@ -56,12 +71,13 @@ class TrainConfig:
     """Start every training and evaluation window with this token, as documents start with BOS in real
     pretraining (see :func:`~llmbook.data.batching.random_batch`); None: plain windows."""
     precision: str = "float32"
-    """``"float32"``, or ``"bfloat16"`` for bf16 autocast of the forward pass."""
+    """``"float32"``; ``"bfloat16"`` for bf16 autocast of the forward pass; ``"float16"`` for fp16
+    autocast with a dynamic gradient scaler (meant for CUDA)."""
     seed: int = 1337
     """Seed for initial weights (when the model is built after it) and the batch sampler."""
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "batch_size", "eval_batch_size"):
+        for name in ("max_steps", "batch_size", "eval_batch_size", "grad_accum_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: must be a positive integer, got {value!r}")
@@ -98,6 +114,15 @@ class TrainConfig:
             raise ValueError(
                 f"bos_id: must be a non-negative token id or None, got {self.bos_id!r}"
             )
+        if self.batch_size % self.grad_accum_steps:
+            raise ValueError(
+                f"grad_accum_steps: must divide batch_size ({self.batch_size}), "
+                f"got {self.grad_accum_steps}"
+            )
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule: must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not 0.0 < self.decay_fraction <= 1.0:
+            raise ValueError(f"decay_fraction: must be in (0, 1], got {self.decay_fraction!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision: must be one of {PRECISIONS}, got {self.precision!r}")
 
@@ -159,11 +184,94 @@ class History:
         d["tokens_per_second"] = self.tokens_per_second
         return d
 
+    @classmethod
+    def from_dict(cls, data: dict) -> History:
+        """Rebuild a history saved with :meth:`to_dict` (derived entries are ignored).
 
-def _autocast(precision: str, device: torch.device):
-    if precision == "bfloat16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+        :param data: the dict.
+        :returns: the history.
+        """
+        return cls(**{k: v for k, v in data.items() if k != "tokens_per_second"})
+
+
+def autocast(precision: str, device: torch.device | str):
+    """The autocast context for a precision: matmuls in bf16/fp16, reductions and the loss kept in fp32.
+
+    :param precision: one of :data:`PRECISIONS`.
+    :param device: the device the forward pass runs on.
+    :returns: a context manager (a no-op for ``"float32"``).
+
+    Introduced in {doc}`/book/part4/02-accumulation-precision`.
+    """
+    device = torch.device(device)
+    if precision == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=getattr(torch, precision))
+
+
+def accumulate_gradients(
+    net: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    micro_batches: int = 1,
+    precision: str = "float32",
+    scaler: torch.amp.GradScaler | None = None,
+    n_targets: int | None = None,
+) -> torch.Tensor:
+    r"""Forward and backward over ``(x, y)`` in ``micro_batches`` pieces, adding into ``.grad``.
+
+    Each piece's loss is a mean over its $n_i$ target tokens (ignored positions excluded). Weighting it
+    by $n_i / N$, with $N$ the targets of the whole batch, makes the sum of the pieces' gradients the
+    gradient of the mean over all $N$ targets:
+
+    $$\nabla \frac{1}{N}\sum_{t=1}^{N} \ell_t = \sum_i \frac{n_i}{N}\,\nabla \frac{1}{n_i}\sum_{t \in i} \ell_t .$$
+
+    Under DDP (``net`` a ``DistributedDataParallel``) ``x, y`` are this process's rows and ``n_targets``
+    counts the global batch; the weights carry an extra factor of the world size, which DDP's gradient
+    averaging divides out, and gradients are all-reduced only after the last piece.
+
+    :param net: the model (or its DDP wrapper), called as ``net(x, y) -> (logits, loss)``.
+    :param x: ``(B, T)`` inputs.
+    :param y: ``(B, T)`` targets, ``IGNORE_INDEX`` where no loss is taken.
+    :param micro_batches: pieces to split the ``B`` rows into (must divide ``B``).
+    :param precision: one of :data:`PRECISIONS` (see :func:`autocast`).
+    :param scaler: the fp16 gradient scaler, if any (it scales each piece's loss).
+    :param n_targets: target tokens in the global batch (default: those of ``y``).
+    :returns: this process's share of the global mean loss, times the world size (detached, fp32):
+        summed over processes and divided by the world size it is the batch's mean loss.
+
+    Introduced in {doc}`/book/part4/02-accumulation-precision`.
+    """
+    B = x.size(0)
+    if B % micro_batches:
+        raise ValueError(f"micro_batches: {micro_batches} does not divide the batch of {B} rows")
+    world_size = world()[1] if isinstance(net, nn.parallel.DistributedDataParallel) else 1
+    if n_targets is None:
+        n_targets = int((y != IGNORE_INDEX).sum())
+    device = next(net.parameters()).device
+    micro = B // micro_batches
+    loss_sum = torch.zeros((), device=device)
+    for i in range(micro_batches):
+        xb = x[i * micro : (i + 1) * micro].to(device, non_blocking=True)  # (micro, T)
+        yb = y[i * micro : (i + 1) * micro].to(device, non_blocking=True)
+        n_micro = int((yb != IGNORE_INDEX).sum())
+        if n_micro == 0:  # nothing to learn from; its mean loss would be 0/0
+            if world_size > 1:
+                raise ValueError(
+                    "y: a micro-batch has no target tokens; under DDP every piece must"
+                )
+            continue
+        weight = n_micro * world_size / n_targets
+        last = i == micro_batches - 1
+        sync = contextlib.nullcontext() if world_size == 1 or last else net.no_sync()
+        with sync:
+            with autocast(precision, device):
+                _, loss = net(xb, yb)
+            scaled_loss = loss.float() * weight
+            (scaler.scale(scaled_loss) if scaler is not None else scaled_loss).backward()
+        loss_sum += scaled_loss.detach()
+    return loss_sum
 
 
 def train(
@@ -174,38 +282,112 @@ def train(
     *,
     progress: bool = True,
     log_every: int = 0,
+    logger=None,
+    sample: Callable[[nn.Module], str] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 0,
+    keep_last: int = 3,
+    resume: bool = True,
+    stop_at: int | None = None,
 ) -> History:
     """Train a language model on a token stream; no Trainer API, every step in view.
 
-    Each step: set the scheduled learning rate, sample a random batch, forward, backward, clip the
-    global gradient norm, AdamW step. Every ``eval_interval`` steps the validation loss is estimated on
-    ``eval_batches`` batches; at the end it is computed over the whole split. With the same seed,
-    model initialisation and data, two runs on CPU give identical losses.
+    Each step: set the scheduled learning rate, sample the global batch of ``batch_size`` windows, run
+    forward and backward on this process's share of it in ``grad_accum_steps`` micro-batches (each
+    micro-batch's mean loss weighted by its share of the batch's target tokens, so the summed gradient
+    is the full batch's), clip the global gradient norm, AdamW step. Every ``eval_interval`` steps the
+    validation loss is estimated on ``eval_batches`` batches; at the end it is computed over the whole
+    split. With the same seed, model initialisation and data, two runs on CPU give identical losses, and
+    a run resumed from a checkpoint ends with bit-identical parameters.
+
+    Under ``torchrun`` (a process group initialised, see :func:`~llmbook.train.distributed.init_distributed`)
+    the model is wrapped in DistributedDataParallel and each process trains on its slice of the same
+    global batch; rank 0 alone logs, shows progress and writes checkpoints.
 
     :param model: a language model called as ``model(x, y)`` returning ``(logits, loss)``, with a
-        ``config.block_size``; it is trained in place on the device of its parameters.
+        ``config`` that has ``block_size`` and ``to_dict()``; trained in place on its device.
     :param train_ids: 1-D training token stream.
     :param val_ids: 1-D validation token stream.
     :param config: the :class:`TrainConfig`.
     :param progress: show a progress bar on stderr.
     :param log_every: also print a line every this many steps (0: never).
-    :returns: the :class:`History`.
+    :param logger: a :class:`~llmbook.train.logger.TrainLogger`: scalars every step; at each evaluation
+        the validation loss, weight and gradient histograms, and ``sample(model)`` as text.
+    :param sample: a function from the model to a text sample, logged at each evaluation.
+    :param checkpoint_dir: where to write training checkpoints (see :mod:`llmbook.train.checkpoint`).
+    :param checkpoint_every: write one every this many steps (0: only at the end and at ``stop_at``).
+    :param keep_last: checkpoints to keep (0: all).
+    :param resume: continue from the newest checkpoint in ``checkpoint_dir`` when there is one.
+    :param stop_at: stop after this many steps (writing a checkpoint first), as a job with a time limit
+        would; the schedule still runs to ``config.max_steps``, and a later call resumes.
+    :returns: the :class:`History` (of the whole run, including steps before a resume).
 
-    Introduced in {doc}`/book/part2/04-training-loop`.
+    Introduced in {doc}`/book/part2/04-training-loop`; accumulation, precision, resuming, logging and
+    DDP in Part 4.
     """
+    from llmbook.train.checkpoint import load_latest, save_training_state
+
     train_ids, val_ids = as_ids(train_ids), as_ids(val_ids)
     device = next(model.parameters()).device
     T = config.block_size or model.config.block_size
+    rank, world_size = world()
+    rows = shard(config.batch_size, rank, world_size)
+    per_rank = rows.stop - rows.start
+    if per_rank % config.grad_accum_steps:
+        raise ValueError(
+            f"grad_accum_steps: {config.grad_accum_steps} does not divide the {per_rank} windows per "
+            f"process (batch_size {config.batch_size} over {world_size} processes)"
+        )
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = build_optimizer(
         model, lr=config.lr, weight_decay=config.weight_decay, betas=(config.beta1, config.beta2)
     )
+    scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "float16")
     history = History()
+    start = 0
+    state_kwargs = dict(
+        model=model,
+        optimizer=optimizer,
+        model_config=model.config.to_dict(),
+        train_config=config.to_dict(),
+        generator=generator,
+        scaler=scaler,
+    )
+    if checkpoint_dir is not None and resume:
+        restored = load_latest(checkpoint_dir, **state_kwargs)
+        if restored is not None:
+            start, history = restored.step, History.from_dict(restored.history)
+
+    def save(done: int) -> None:
+        if rank == 0:
+            save_training_state(
+                checkpoint_dir,
+                step=done,
+                history=history.to_dict(),
+                keep_last=keep_last,
+                **state_kwargs,
+            )
+        barrier()
+
+    net = model
+    if world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model)
+    main = rank == 0
+    logger = logger if main else None
     bar = None
-    if progress:
+    if progress and main:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=config.max_steps, desc="train", unit="step", mininterval=1.0, leave=False)
+        bar = tqdm(
+            total=config.max_steps,
+            initial=start,
+            desc="train",
+            unit="step",
+            mininterval=1.0,
+            leave=False,
+        )
 
     def estimate(step: int, full: bool) -> None:
         result = evaluate(
@@ -218,55 +400,91 @@ def train(
         )
         history.eval_steps.append(step)
         history.val_loss.append(result.loss)
+        if logger is not None:
+            logger.log_scalars(step, {"val/loss": result.loss})
+            logger.log_histograms(step, model)
+            if sample is not None:
+                logger.log_text(step, "sample", sample(model))
 
+    end = config.max_steps if stop_at is None else min(stop_at, config.max_steps)
     model.train()
-    for step in range(config.max_steps):
+    for step in range(start, end):
         started = time.perf_counter()
-        lr = warmup_cosine(
+        lr = learning_rate(
             step,
+            schedule=config.schedule,
             max_lr=config.lr,
             warmup_steps=config.warmup_steps,
             total_steps=config.max_steps,
             min_lr=config.min_lr,
+            decay_fraction=config.decay_fraction,
         )
         for group in optimizer.param_groups:
             group["lr"] = lr
+        # Every process draws the same global batch, so the data stream does not depend on the number
+        # of processes or micro-batches; each then keeps its own rows.
         x, y = random_batch(
-            train_ids,
-            config.batch_size,
-            T,
-            generator=generator,
-            device=device,
-            bos_id=config.bos_id,
-        )
-        with _autocast(config.precision, device):
-            _, loss = model(x, y)
+            train_ids, config.batch_size, T, generator=generator, bos_id=config.bos_id
+        )  # (B, T) each
+        n_targets = (y != IGNORE_INDEX).sum()
+        x, y = x[rows], y[rows]  # (B / processes, T)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        loss_value = loss.item()
-        history.train_seconds += time.perf_counter() - started
-        history.tokens_seen += x.numel()
+        loss_sum = accumulate_gradients(
+            net,
+            x,
+            y,
+            micro_batches=config.grad_accum_steps,
+            precision=config.precision,
+            scaler=scaler,
+            n_targets=int(n_targets),
+        )
+        scaler.unscale_(optimizer)
+        max_norm = config.grad_clip if config.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        loss_value = float(all_reduce_sum(loss_sum)) / world_size
+        seconds = time.perf_counter() - started
+        history.train_seconds += seconds
+        history.tokens_seen += config.batch_size * T
         history.steps.append(step)
         history.train_loss.append(loss_value)
         history.lr.append(lr)
-        if not torch.isfinite(loss):
+        if not math.isfinite(loss_value):
             raise FloatingPointError(
                 f"loss became {loss_value} at step {step}; lower lr or clip harder"
             )
-        last = step == config.max_steps - 1
-        if config.eval_interval and (step + 1) % config.eval_interval == 0 and not last:
-            estimate(step + 1, full=False)
+        if logger is not None:
+            logger.log_scalars(
+                step,
+                {
+                    "train/loss": loss_value,
+                    "train/lr": lr,
+                    "train/grad_norm": float(grad_norm),
+                    "train/tokens_per_second": config.batch_size * T / seconds,
+                },
+            )
+        done = step + 1
+        last = done == config.max_steps
+        if config.eval_interval and done % config.eval_interval == 0 and not last:
+            estimate(done, full=False)
         if bar is not None:
             bar.update(1)
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.1e}")
-        if log_every and (step % log_every == 0 or last):
+        if log_every and main and (step % log_every == 0 or last):
             val = f", val {history.val_loss[-1]:.3f}" if history.val_loss else ""
             print(f"step {step:5d}: train {loss_value:.3f}{val}, lr {lr:.2e}")
+        if checkpoint_dir is not None and not last:
+            if (checkpoint_every and done % checkpoint_every == 0) or done == end:
+                save(done)
     if bar is not None:
         bar.close()
-    estimate(config.max_steps, full=True)
+    if end == config.max_steps:
+        if not history.eval_steps or history.eval_steps[-1] != config.max_steps:
+            estimate(config.max_steps, full=True)
+        if checkpoint_dir is not None:
+            save(config.max_steps)
+    if logger is not None:
+        logger.flush()
     return history

@@ -1,4 +1,4 @@
-"""Learning-rate schedules."""
+"""Learning-rate schedules: pure functions of the step, so resuming a run needs only the step."""
 
 from __future__ import annotations
 
@@ -29,3 +29,111 @@ def warmup_cosine(
         return min_lr
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return min_lr + 0.5 * (max_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+SCHEDULES = ("constant", "cosine", "wsd")
+"""Schedule names accepted by :func:`learning_rate` and ``TrainConfig.schedule``."""
+
+
+def constant(step: int, *, max_lr: float, warmup_steps: int = 0) -> float:
+    r"""Linear warmup to ``max_lr``, then flat: $\eta(s) = \eta_\max \min\bigl(1, \frac{s+1}{W}\bigr)$.
+
+    :param step: the optimizer step, from 0.
+    :param max_lr: the rate after warmup.
+    :param warmup_steps: steps of linear warmup (W); 0 starts at ``max_lr``.
+    :returns: the learning rate for this step.
+
+    Introduced in {doc}`/book/part4/03-schedules`.
+    """
+    if step < warmup_steps:
+        return max_lr * (step + 1) / warmup_steps
+    return max_lr
+
+
+def warmup_stable_decay(
+    step: int,
+    *,
+    max_lr: float,
+    warmup_steps: int,
+    total_steps: int,
+    decay_steps: int,
+    min_lr: float = 0.0,
+) -> float:
+    r"""Warmup-stable-decay (WSD): warmup, a long flat phase, then a linear decay over the last steps.
+
+    With $D$ decay steps the decay starts at $S_d = S - D$:
+
+    $$\eta(s) = \begin{cases} \eta_\max\,\frac{s+1}{W} & s < W\\[2pt]
+    \eta_\max & W \le s < S_d\\[2pt]
+    \eta_\max - (\eta_\max-\eta_\min)\,\frac{s-S_d+1}{D} & S_d \le s < S\\[2pt]
+    \eta_\min & s \ge S\end{cases}$$
+
+    The flat phase does not depend on $S$, so a run can be continued, or decayed from any point of the
+    stable phase, without restarting it.
+
+    :param step: the optimizer step, from 0.
+    :param max_lr: the plateau rate.
+    :param warmup_steps: steps of linear warmup (W).
+    :param total_steps: the step where decay ends (S).
+    :param decay_steps: length of the final decay (D), at most ``total_steps - warmup_steps``.
+    :param min_lr: the rate reached at the end of the decay.
+    :returns: the learning rate for this step.
+
+    Introduced in {doc}`/book/part4/03-schedules`.
+    """
+    if step < warmup_steps:
+        return max_lr * (step + 1) / warmup_steps
+    if step >= total_steps:
+        return min_lr
+    decay_start = total_steps - decay_steps
+    if step < decay_start:
+        return max_lr
+    return max_lr - (max_lr - min_lr) * (step - decay_start + 1) / decay_steps
+
+
+def learning_rate(
+    step: int,
+    *,
+    schedule: str,
+    max_lr: float,
+    warmup_steps: int,
+    total_steps: int,
+    min_lr: float = 0.0,
+    decay_fraction: float = 0.2,
+) -> float:
+    """The learning rate of a named schedule at one step (what the training loop calls).
+
+    :param step: the optimizer step, from 0.
+    :param schedule: one of :data:`SCHEDULES`: ``"constant"`` (:func:`constant`), ``"cosine"``
+        (:func:`warmup_cosine`) or ``"wsd"`` (:func:`warmup_stable_decay`).
+    :param max_lr: the peak rate.
+    :param warmup_steps: steps of linear warmup.
+    :param total_steps: the run's length in steps.
+    :param min_lr: the floor of the decaying schedules.
+    :param decay_fraction: WSD's share of ``total_steps - warmup_steps`` spent decaying.
+    :returns: the learning rate.
+    :raises ValueError: for an unknown schedule name.
+
+    Introduced in {doc}`/book/part4/03-schedules`.
+    """
+    if schedule == "constant":
+        return constant(step, max_lr=max_lr, warmup_steps=warmup_steps)
+    if schedule == "cosine":
+        return warmup_cosine(
+            step,
+            max_lr=max_lr,
+            warmup_steps=warmup_steps,
+            total_steps=total_steps,
+            min_lr=min_lr,
+        )
+    if schedule == "wsd":
+        decay_steps = max(1, round(decay_fraction * max(0, total_steps - warmup_steps)))
+        return warmup_stable_decay(
+            step,
+            max_lr=max_lr,
+            warmup_steps=warmup_steps,
+            total_steps=total_steps,
+            decay_steps=decay_steps,
+            min_lr=min_lr,
+        )
+    raise ValueError(f"schedule: must be one of {SCHEDULES}, got {schedule!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from llmbook.model.config import ModelConfig
 from llmbook.model.gpt import GPT
 from llmbook.paths import cache_dir
 from llmbook.tokenizer.byte import ByteTokenizer
+from llmbook.train.distributed import barrier, world
 from llmbook.train.loop import train
 from llmbook.zoo.checkpoint import CheckpointError, load_weights, read_meta, save_checkpoint
 from llmbook.zoo.recipes import ResolvedRecipe, resolve
@@ -87,7 +89,22 @@ def load_checkpoint(
     return model.to(device).eval(), meta
 
 
-def _train(recipe: ResolvedRecipe, device: torch.device, progress: bool, log_every: int):
+def partial_dir(directory: Path) -> Path:
+    """Where an unfinished training run of a zoo checkpoint keeps its resumable training checkpoints.
+
+    :param directory: the zoo checkpoint directory (see :func:`checkpoint_dir`).
+    :returns: ``<directory>.partial``.
+    """
+    return directory.with_name(directory.name + ".partial")
+
+
+def _train(
+    recipe: ResolvedRecipe,
+    device: torch.device,
+    progress: bool,
+    log_every: int,
+    partial: Path | None = None,
+):
     tokenizer = tokenizer_from_dict(recipe.recipe.tokenizer)
     corpus = load_corpus(recipe.recipe.corpus)
     ids = torch.tensor(tokenizer.encode(corpus.text), dtype=torch.long)
@@ -95,8 +112,17 @@ def _train(recipe: ResolvedRecipe, device: torch.device, progress: bool, log_eve
     torch.manual_seed(recipe.train_config.seed)
     model = GPT(recipe.model_config).to(device)
     started = time.perf_counter()
+    steps = recipe.train_config.max_steps
     history = train(
-        model, train_ids, val_ids, recipe.train_config, progress=progress, log_every=log_every
+        model,
+        train_ids,
+        val_ids,
+        recipe.train_config,
+        progress=progress,
+        log_every=log_every,
+        checkpoint_dir=partial,
+        checkpoint_every=max(1, steps // 10),
+        keep_last=2,
     )
     meta = {
         "recipe": recipe.to_dict(),
@@ -132,7 +158,9 @@ def load_or_train(
 
     The checkpoint directory is keyed by a hash of the resolved recipe and the package version, so a
     changed recipe never loads a stale model. A checkpoint that cannot be read is moved aside (never
-    deleted) with a message on stderr, and the model is trained again.
+    deleted) with a message on stderr, and the model is trained again. Training keeps resumable
+    checkpoints in :func:`partial_dir`, so an interrupted run picks up where it stopped. Under
+    ``torchrun`` every process trains its share and rank 0 writes the checkpoint.
 
     :param name: the recipe name (see :data:`llmbook.zoo.recipes.RECIPES`).
     :param profile: ``"cpu"``, ``"gpu"`` or None for the default (see
@@ -165,6 +193,13 @@ def load_or_train(
             print(
                 f"llmbook: {err}\nllmbook: moved it to {aside} and training again.", file=sys.stderr
             )
-    model, tokenizer, meta = _train(recipe, device, progress, log_every)
-    save_checkpoint(directory, model, meta)
+    # Training writes resumable checkpoints to <directory>.partial: an interrupted run continues where
+    # it stopped, with bit-identical results (the partial run has the same recipe key by construction).
+    partial = partial_dir(directory)
+    rank, _ = world()
+    model, tokenizer, meta = _train(recipe, device, progress and rank == 0, log_every, partial)
+    if rank == 0:
+        save_checkpoint(directory, model, meta)
+        shutil.rmtree(partial, ignore_errors=True)
+    barrier()
     return ZooModel(model, tokenizer, recipe, read_meta(directory), directory, True)
