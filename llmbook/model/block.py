@@ -8,6 +8,7 @@ from torch import nn
 from llmbook.model.attention import MultiHeadAttention
 from llmbook.model.config import ModelConfig
 from llmbook.model.mlp import MLP, SwiGLU
+from llmbook.model.moe import MoE
 from llmbook.model.norm import LayerNorm, RMSNorm
 
 
@@ -29,14 +30,28 @@ def build_norm(config: ModelConfig) -> nn.Module:
     raise ValueError(f"norm: unknown normalisation {config.norm!r}")
 
 
-def build_mlp(config: ModelConfig) -> nn.Module:
-    """The feed-forward block the config asks for.
+def build_mlp(config: ModelConfig, layer: int = 0) -> nn.Module:
+    """The feed-forward block the config asks for in block ``layer``.
 
-    :param config: uses ``mlp`` and the block's sizes.
-    :returns: an :class:`~llmbook.model.mlp.MLP` (GELU) or a :class:`~llmbook.model.mlp.SwiGLU`.
+    :param config: uses ``mlp``, the block's sizes and the mixture-of-experts fields.
+    :param layer: the block index (decides dense or MoE, see ``ModelConfig.is_moe_layer``).
+    :returns: an :class:`~llmbook.model.mlp.MLP` (GELU), a :class:`~llmbook.model.mlp.SwiGLU`, or an
+        :class:`~llmbook.model.moe.MoE` of SwiGLU experts.
 
-    Introduced in {doc}`/book/part3/03-swiglu`.
+    Introduced in {doc}`/book/part3/03-swiglu`; MoE layers in {doc}`/book/part5/03-hybrid-stacks`.
     """
+    if config.is_moe_layer(layer):
+        return MoE(
+            config.n_embd,
+            config.n_expert,
+            config.n_expert_active,
+            config.expert_hidden or config.hidden_size,
+            n_shared=config.n_shared_expert,
+            capacity_factor=config.capacity_factor,
+            noise_std=config.router_noise,
+            renormalize=config.router_renormalize,
+            bias=config.bias,
+        )
     return SwiGLU(config) if config.mlp == "swiglu" else MLP(config)
 
 
@@ -50,17 +65,18 @@ class Block(nn.Module):
     shows why the standard layout trains.
 
     :param config: the model config.
+    :param layer: the block's index (selects a dense or a mixture-of-experts feed-forward layer).
 
     Introduced in {doc}`/book/part1/06-residual-layernorm`.
     """
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, layer: int = 0) -> None:
         super().__init__()
         self.residual = config.residual
         self.attn_norm = build_norm(config)
         self.attn = MultiHeadAttention(config)
         self.mlp_norm = build_norm(config)
-        self.mlp = build_mlp(config)
+        self.mlp = build_mlp(config, layer)
 
     def forward(
         self,

@@ -82,6 +82,29 @@ class ModelConfig:
     """Epsilon added to the variance inside the norm, for numerical safety."""
     init_std: float = 0.02
     """Standard deviation of the normal initialisation of linear and embedding weights."""
+    n_expert: int = 0
+    """Routed experts in each mixture-of-experts layer (E); 0: every block has a dense MLP."""
+    n_expert_active: int = 2
+    """Experts each token is sent to (k of top-k routing)."""
+    moe_every: int = 1
+    """Which blocks are MoE: block ``i`` (from 0) is when ``(i + 1) % moe_every == 0``; 1: all of them,
+    2: every other one (the second, fourth, ...), the others keep the dense MLP."""
+    n_shared_expert: int = 0
+    """Always-on shared experts in each MoE layer, added to the routed ones (DeepSeekMoE)."""
+    expert_hidden: int | None = None
+    """Hidden width of each SwiGLU expert; None: the dense block's width (see ``mlp_hidden``)."""
+    router_noise: float = 0.0
+    """Standard deviation of Gaussian noise added to the router logits while training (0: none)."""
+    router_renormalize: bool = True
+    """Renormalise the k chosen gates to sum to 1 (Mixtral); False keeps the raw softmax
+    probabilities (the Switch Transformer's choice for top-1)."""
+    capacity_factor: float | None = None
+    """Cap each expert at this multiple of an even share of the assignments and drop the rest; None:
+    no cap, no dropping."""
+    moe_aux_coef: float = 0.01
+    """Weight of the load-balancing loss added to the training loss."""
+    moe_z_coef: float = 0.001
+    """Weight of the router z-loss added to the training loss."""
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -134,10 +157,55 @@ class ModelConfig:
             raise ValueError(f"attn_sinks: must be a non-negative integer, got {self.attn_sinks!r}")
         if self.attn_sinks and self.sliding_window is None:
             raise ValueError("attn_sinks: sinks only make sense with a sliding_window")
+        for name in ("n_expert", "n_shared_expert"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}: must be a non-negative integer, got {value!r}")
+        for name in ("n_expert_active", "moe_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: must be a positive integer, got {value!r}")
+        if self.n_expert and self.n_expert_active > self.n_expert:
+            raise ValueError(
+                f"n_expert_active: must be at most n_expert ({self.n_expert}), "
+                f"got {self.n_expert_active}"
+            )
+        if self.expert_hidden is not None and (
+            isinstance(self.expert_hidden, bool)
+            or not isinstance(self.expert_hidden, int)
+            or self.expert_hidden < 1
+        ):
+            raise ValueError(
+                f"expert_hidden: must be a positive integer or None, got {self.expert_hidden!r}"
+            )
+        if not isinstance(self.router_renormalize, bool):
+            raise ValueError(
+                f"router_renormalize: must be True or False, got {self.router_renormalize!r}"
+            )
+        if self.capacity_factor is not None and not (
+            isinstance(self.capacity_factor, (int, float))
+            and not isinstance(self.capacity_factor, bool)
+            and self.capacity_factor > 0
+        ):
+            raise ValueError(
+                f"capacity_factor: must be a positive number or None, got {self.capacity_factor!r}"
+            )
+        for name in ("router_noise", "moe_aux_coef", "moe_z_coef"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"{name}: must be a non-negative number, got {value!r}")
         for name in ("norm_eps", "init_std", "rope_theta"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"{name}: must be a positive number, got {value!r}")
+
+    def is_moe_layer(self, layer: int) -> bool:
+        """Whether block ``layer`` (from 0) has a mixture-of-experts feed-forward layer.
+
+        :param layer: the block index.
+        :returns: True for an MoE block (see ``n_expert`` and ``moe_every``).
+        """
+        return self.n_expert > 0 and (layer + 1) % self.moe_every == 0
 
     @property
     def head_dim(self) -> int:

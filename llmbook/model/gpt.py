@@ -12,6 +12,7 @@ from torch import nn
 from llmbook.model.attention import build_attention_mask
 from llmbook.model.block import Block, build_norm
 from llmbook.model.config import ModelConfig
+from llmbook.model.moe import MoE
 from llmbook.model.positional import LearnedPositionalEmbedding, SinusoidalPositionalEmbedding
 from llmbook.model.rope import rope_cache
 
@@ -47,7 +48,7 @@ class GPT(nn.Module):
             self.pos_emb = SinusoidalPositionalEmbedding(config.block_size, config.n_embd)
         self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.norm_f = build_norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.reset_parameters()
@@ -212,7 +213,48 @@ class GPT(nn.Module):
                 targets.reshape(-1),
                 ignore_index=ignore_index,
             )
+            moe = self.moe_layers()
+            if moe and self.training:
+                # The routers' regularisers join the training loss (evaluation reports the LM loss).
+                cfg = self.config
+                loss = loss + sum(
+                    cfg.moe_aux_coef * m.aux_loss + cfg.moe_z_coef * m.z_loss for m in moe
+                )
         return GPTOutput(logits, loss)
+
+    def moe_layers(self) -> list[nn.Module]:
+        """The mixture-of-experts layers, bottom to top (empty for a dense model).
+
+        :returns: the :class:`~llmbook.model.moe.MoE` modules.
+        """
+        return [b.mlp for b in self.blocks if isinstance(b.mlp, MoE)]
+
+    def moe_metrics(self) -> dict[str, float]:
+        """Router statistics of the last forward pass, for logging (empty for a dense model).
+
+        ``moe/aux_loss`` and ``moe/z_loss`` are summed over layers; ``moe/dropped`` is the mean share of
+        assignments dropped by the capacity limit; ``moe/max_load`` is the largest share of
+        assignments any expert of any layer got (``1/E`` is perfect balance); ``moe/load/<l>/<e>`` is
+        expert ``e``'s share in the ``l``-th MoE layer.
+
+        :returns: metric name to value.
+
+        Introduced in {doc}`/book/part5/02-moe-layer`.
+        """
+        moe = self.moe_layers()
+        if not moe:
+            return {}
+        shares = [m.last_counts / m.last_counts.sum() for m in moe]  # each (E,)
+        metrics = {
+            "moe/aux_loss": sum(float(m.aux_loss.detach()) for m in moe),
+            "moe/z_loss": sum(float(m.z_loss.detach()) for m in moe),
+            "moe/dropped": sum(m.dropped_fraction for m in moe) / len(moe),
+            "moe/max_load": max(float(s.max()) for s in shares),
+        }
+        for layer, share in enumerate(shares):
+            for e, value in enumerate(share.tolist()):
+                metrics[f"moe/load/{layer}/{e}"] = value
+        return metrics
 
     def num_params(self, *, non_embedding: bool = False) -> int:
         """Count the distinct parameters (a tied matrix counts once).

@@ -164,6 +164,9 @@ class History:
     """Wall time spent in training steps, evaluation excluded."""
     tokens_seen: int = 0
     """Training tokens processed."""
+    metrics: dict[str, list[float]] = field(default_factory=dict)
+    """Per-step statistics the model reports through a ``moe_metrics()`` method (the routers' losses
+    and expert loads of a mixture-of-experts model, from the step's last micro-batch), by name."""
 
     @property
     def tokens_per_second(self) -> float:
@@ -454,6 +457,9 @@ def train(
             raise FloatingPointError(
                 f"loss became {loss_value} at step {step}; lower lr or clip harder"
             )
+        model_metrics = model.moe_metrics() if hasattr(model, "moe_metrics") else {}
+        for name, value in model_metrics.items():
+            history.metrics.setdefault(name, []).append(value)
         if logger is not None:
             logger.log_scalars(
                 step,
@@ -462,6 +468,7 @@ def train(
                     "train/lr": lr,
                     "train/grad_norm": float(grad_norm),
                     "train/tokens_per_second": config.batch_size * T / seconds,
+                    **model_metrics,
                 },
             )
         done = step + 1
