@@ -1,5 +1,6 @@
 # make book   build the site with every chapter executed (the main job)
 # make test   run the whole test suite: unit tests, every chapter, the built site in a browser
+# make bench  benchmarks against reference implementations (make bench-quick: a few minutes)
 # Both create or refresh the virtual environment in .venv first.
 
 SHELL := /bin/bash
@@ -18,7 +19,7 @@ ifneq ($(wildcard ../shared/data),)
 export LLMBOOK_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: venv zoo book book-clean test test-fast mathjax lint clean help
+.PHONY: venv zoo book book-clean test test-fast bench bench-quick mathjax lint clean help
 help:
 	@sed -n '1,3p' Makefile
 
@@ -79,8 +80,16 @@ test: venv
 test-fast: venv
 	$(BIN)/python -m pytest -m "not chapter and not browser"
 
+# Benchmarks against reference implementations (see bench/run.py); both end with a JSON line of ratios.
+# The full run is stored for the Performance appendix.
+bench: venv
+	$(BIN)/python bench/run.py --out bench/results/latest.json
+
+bench-quick: venv
+	$(BIN)/python bench/run.py --quick --out _build/bench-quick.json
+
 lint: venv
-	$(BIN)/ruff check llmbook tests book/_ext
+	$(BIN)/ruff check llmbook tests book/_ext bench
 
 clean:
 	rm -rf _build book/api .pytest_cache .hypothesis

@@ -128,18 +128,25 @@ def hf_config_from(config: ModelConfig):
 
 
 def _is_gpt2(c: ModelConfig) -> bool:
-    return (c.pos_embedding, c.norm, c.mlp, c.bias, c.kv_heads, c.sliding_window) == (
+    return (c.pos_embedding, c.norm, c.mlp, c.bias, c.kv_heads, c.sliding_window, c.n_expert) == (
         "learned",
         "layernorm",
         "gelu",
         True,
         c.n_head,
         None,
+        0,
     )
 
 
 def _is_llama(c: ModelConfig) -> bool:
-    return (c.pos_embedding, c.norm, c.mlp, c.sliding_window) == ("rope", "rmsnorm", "swiglu", None)
+    return (c.pos_embedding, c.norm, c.mlp, c.sliding_window, c.n_expert) == (
+        "rope",
+        "rmsnorm",
+        "swiglu",
+        None,
+        0,
+    )
 
 
 def _gpt2_to_llmbook(sd: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:

@@ -212,6 +212,13 @@ def autocast(precision: str, device: torch.device | str):
     return torch.autocast(device_type=device.type, dtype=getattr(torch, precision))
 
 
+def _averages_gradients(net: nn.Module) -> bool:
+    # DDP and FSDP average gradients over processes during backward; a plain module does not.
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(net, (nn.parallel.DistributedDataParallel, FSDPModule))
+
+
 def accumulate_gradients(
     net: nn.Module,
     x: torch.Tensor,
@@ -230,9 +237,10 @@ def accumulate_gradients(
 
     $$\nabla \frac{1}{N}\sum_{t=1}^{N} \ell_t = \sum_i \frac{n_i}{N}\,\nabla \frac{1}{n_i}\sum_{t \in i} \ell_t .$$
 
-    Under DDP (``net`` a ``DistributedDataParallel``) ``x, y`` are this process's rows and ``n_targets``
-    counts the global batch; the weights carry an extra factor of the world size, which DDP's gradient
-    averaging divides out, and gradients are all-reduced only after the last piece.
+    Under DDP or FSDP (``net`` a ``DistributedDataParallel`` or an ``FSDPModule``) ``x, y`` are this
+    process's rows and ``n_targets`` counts the global batch; the weights carry an extra factor of the
+    world size, which the wrapper's gradient averaging divides out, and DDP all-reduces only after the
+    last piece.
 
     :param net: the model (or its DDP wrapper), called as ``net(x, y) -> (logits, loss)``.
     :param x: ``(B, T)`` inputs.
@@ -249,7 +257,7 @@ def accumulate_gradients(
     B = x.size(0)
     if B % micro_batches:
         raise ValueError(f"micro_batches: {micro_batches} does not divide the batch of {B} rows")
-    world_size = world()[1] if isinstance(net, nn.parallel.DistributedDataParallel) else 1
+    world_size = world()[1] if _averages_gradients(net) else 1
     if n_targets is None:
         n_targets = int((y != IGNORE_INDEX).sum())
     device = next(net.parameters()).device
@@ -267,7 +275,8 @@ def accumulate_gradients(
             continue
         weight = n_micro * world_size / n_targets
         last = i == micro_batches - 1
-        sync = contextlib.nullcontext() if world_size == 1 or last else net.no_sync()
+        ddp = isinstance(net, nn.parallel.DistributedDataParallel)
+        sync = net.no_sync() if ddp and world_size > 1 and not last else contextlib.nullcontext()
         with sync:
             with autocast(precision, device):
                 _, loss = net(xb, yb)

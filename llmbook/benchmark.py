@@ -1,0 +1,297 @@
+"""Benchmarks against reference implementations, measured in one process with interleaved repetitions.
+
+Timings on shared machines swing by tens of percent from one run to the next, so every comparison here
+runs the contenders in alternation (round ``r`` runs each once, in a rotated order), reports medians,
+and states results as ratios measured in the same run. Nothing is compared across processes.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from llmbook.model.config import ModelConfig
+from llmbook.model.counting import flops_per_token
+
+NANOGPT_CPU = dict(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0)
+"""nanoGPT's CPU Shakespeare configuration (``config/train_shakespeare_char.py`` CPU notes)."""
+NANOGPT_CPU_BATCH = 12
+"""Its batch size."""
+
+
+def gpt2_style(**overrides) -> ModelConfig:
+    """nanoGPT's CPU configuration with GPT-2's blocks (LayerNorm, learned positions, GELU, biases, as
+    ``GPT2LMHeadModel`` has them).
+
+    :param overrides: fields to change.
+    :returns: the config.
+    """
+    return ModelConfig(**{**NANOGPT_CPU, "bias": True, **overrides})
+
+
+def llama_style(**overrides) -> ModelConfig:
+    """The same shape with Llama's blocks (RMSNorm, RoPE, SwiGLU, untied head, no biases).
+
+    :param overrides: fields to change.
+    :returns: the config.
+    """
+    base = dict(
+        NANOGPT_CPU,
+        bias=False,
+        norm="rmsnorm",
+        pos_embedding="rope",
+        mlp="swiglu",
+        tie_weights=False,
+    )
+    return ModelConfig(**{**base, **overrides})
+
+
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Time several functions in alternation: ``repeats`` rounds, each running every function once.
+
+    The order rotates from round to round so that no contender always runs first (or right after the
+    same neighbour).
+
+    :param fns: name to a function of no arguments.
+    :param repeats: rounds.
+    :returns: name to the list of wall-clock seconds, one per round.
+
+    Introduced in {doc}`/book/appendix/performance`.
+    """
+    names = list(fns)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def median(values: list[float]) -> float:
+    """The median (a named helper so reports read the same everywhere).
+
+    :param values: samples.
+    :returns: their median.
+    """
+    return float(statistics.median(values))
+
+
+def matmul_flops(dtype: torch.dtype = torch.float32, *, n: int = 1024, repeats: int = 5) -> float:
+    """The matmul throughput this process reaches: median FLOP/s of an ``n x n`` by ``n x n`` product.
+
+    This is the practical peak that training throughput is measured against (a share of it is this
+    machine's "MFU"); it is measured, not taken from a data sheet.
+
+    :param dtype: the element type.
+    :param n: the matrix size.
+    :param repeats: timed repetitions (after one warm-up).
+    :returns: FLOP/s (2 n^3 per product).
+
+    Introduced in {doc}`/book/appendix/performance`.
+    """
+    a = torch.randn(n, n).to(dtype)
+    b = torch.randn(n, n).to(dtype)
+    inner = max(1, int(2e9 // (2 * n**3)))  # about 2 GFLOP per timing
+    a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(inner):
+            a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 * inner / median(times)
+
+
+def llmbook_train_step(
+    config: ModelConfig, batch_size: int, *, precision: str = "float32", seed: int = 0
+) -> Callable[[], float]:
+    """One training step of an llmbook model (forward, backward, AdamW), as a closure for timing.
+
+    :param config: the model config.
+    :param batch_size: windows per step.
+    :param precision: ``"float32"`` or ``"bfloat16"`` (autocast).
+    :param seed: seeds weights and the fixed batch.
+    :returns: a function that runs one step and returns its loss.
+    """
+    from llmbook.model.gpt import GPT
+    from llmbook.train.loop import autocast
+    from llmbook.train.optim import build_optimizer
+
+    torch.manual_seed(seed)
+    model = GPT(config)
+    optimizer = build_optimizer(model, lr=1e-4, weight_decay=0.1)
+    x = torch.randint(0, config.vocab_size, (batch_size, config.block_size))
+    y = torch.randint(0, config.vocab_size, (batch_size, config.block_size))
+
+    def step() -> float:
+        with autocast(precision, "cpu"):
+            _, loss = model(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    return step
+
+
+def hf_train_step(config: ModelConfig, batch_size: int, *, seed: int = 0) -> Callable[[], float]:
+    """The same step for the Hugging Face model of the same configuration (built from a config object).
+
+    :param config: the llmbook config; :func:`llmbook.model.hf.hf_config_from` gives the HF one.
+    :param batch_size: windows per step.
+    :param seed: seeds weights and the fixed batch.
+    :returns: a function that runs one step and returns its loss.
+    """
+    from llmbook.model.gpt import GPT
+    from llmbook.model.hf import to_hf
+
+    torch.manual_seed(seed)
+    model = to_hf(GPT(config)).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
+    x = torch.randint(0, config.vocab_size, (batch_size, config.block_size))
+
+    def step() -> float:
+        loss = model(input_ids=x, labels=x).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    return step
+
+
+def bench_training(
+    *, repeats: int = 5, steps: int = 10, batch_size: int = NANOGPT_CPU_BATCH
+) -> dict:
+    """Training tokens/s of llmbook vs ``transformers`` at nanoGPT's CPU configuration, plus MFU.
+
+    Contenders, each timed for ``steps`` steps per round: llmbook GPT-2-style and Llama-style in fp32,
+    the same in bf16 autocast, and HF ``GPT2LMHeadModel`` / ``LlamaForCausalLM`` in fp32. Achieved FLOP/s
+    uses :func:`llmbook.model.counting.flops_per_token` and is reported as a share of
+    :func:`matmul_flops` measured in the same run.
+
+    :param repeats: interleaved rounds.
+    :param steps: training steps per timing.
+    :param batch_size: windows per step.
+    :returns: tokens/s medians, ratios and MFU shares.
+
+    Introduced in {doc}`/book/appendix/performance`.
+    """
+    configs = {"gpt2": gpt2_style(), "llama": llama_style()}
+    fns = {}
+    for style, cfg in configs.items():
+        fns[f"llmbook_{style}_fp32"] = llmbook_train_step(cfg, batch_size)
+        fns[f"llmbook_{style}_bf16"] = llmbook_train_step(cfg, batch_size, precision="bfloat16")
+        fns[f"hf_{style}_fp32"] = hf_train_step(cfg, batch_size)
+    for fn in fns.values():  # warm-up: allocator, kernel selection
+        fn()
+
+    def run(fn):
+        return lambda: [fn() for _ in range(steps)]
+
+    times = interleaved({name: run(fn) for name, fn in fns.items()}, repeats)
+    tokens = steps * batch_size * NANOGPT_CPU["block_size"]
+    tps = {name: tokens / median(t) for name, t in times.items()}
+    peak = {"fp32": matmul_flops(torch.float32), "bf16": matmul_flops(torch.bfloat16)}
+    result: dict = {"tokens_per_second": tps, "matmul_peak_flops": peak, "ratios": {}, "mfu": {}}
+    for style, cfg in configs.items():
+        fpt = flops_per_token(cfg)
+        result["ratios"][f"train_{style}_vs_hf"] = (
+            tps[f"llmbook_{style}_fp32"] / tps[f"hf_{style}_fp32"]
+        )
+        result["ratios"][f"train_{style}_bf16_vs_fp32"] = (
+            tps[f"llmbook_{style}_bf16"] / tps[f"llmbook_{style}_fp32"]
+        )
+        result["mfu"][f"{style}_fp32"] = fpt * tps[f"llmbook_{style}_fp32"] / peak["fp32"]
+        result["mfu"][f"{style}_bf16"] = fpt * tps[f"llmbook_{style}_bf16"] / peak["bf16"]
+    return result
+
+
+def bench_generation(*, repeats: int = 3, new_tokens: int = 256) -> dict:
+    """Greedy generation, batch 1, with the KV cache: llmbook ``generate`` vs ``transformers`` ``generate``.
+
+    The model is Llama-style (4 layers, 4 heads, 2 kv heads, width 128, context 512), random weights;
+    both produce the same tokens (checked).
+
+    :param repeats: interleaved rounds.
+    :param new_tokens: tokens generated per call.
+    :returns: tokens/s medians and the ratio.
+
+    Introduced in {doc}`/book/appendix/performance`.
+    """
+    from llmbook.generate.generation import generate
+    from llmbook.model.gpt import GPT
+    from llmbook.model.hf import to_hf
+
+    torch.manual_seed(0)
+    cfg = llama_style(vocab_size=259, block_size=512, n_kv_head=2)
+    model = GPT(cfg).eval()
+    hf = to_hf(model).eval()
+    prompt = torch.randint(0, 256, (16,)).tolist()
+    hf_input = torch.tensor([prompt])
+
+    def ours():
+        return generate(model, [prompt], max_new_tokens=new_tokens, temperature=0.0).completions[0]
+
+    def theirs():
+        with torch.no_grad():
+            out = hf.generate(
+                hf_input,
+                attention_mask=torch.ones_like(hf_input),
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=258,
+            )
+        return out[0, len(prompt) :].tolist()
+
+    same = ours() == theirs()
+    times = interleaved({"llmbook": ours, "hf": theirs}, repeats)
+    tps = {name: new_tokens / median(t) for name, t in times.items()}
+    return {
+        "tokens_per_second": tps,
+        "same_tokens": same,
+        "ratios": {"generate_vs_hf": tps["llmbook"] / tps["hf"]},
+    }
+
+
+def bench_tokenizer(text: str, *, vocab_size: int = 4096, repeats: int = 3) -> dict:
+    """BPE training and encoding: llmbook's from-scratch trainer vs Hugging Face ``tokenizers``.
+
+    :param text: the training text (TinyShakespeare in the book).
+    :param vocab_size: the vocabulary to train.
+    :param repeats: interleaved rounds.
+    :returns: seconds and ratios (reference time / llmbook time: above 1 means llmbook is faster).
+
+    Introduced in {doc}`/book/appendix/performance`.
+    """
+    from llmbook.tokenizer.bpe import BPETokenizer
+    from llmbook.tokenizer.hf import HFTokenizer
+
+    trained = {}
+
+    def ours_train():
+        trained["llmbook"] = BPETokenizer.train(text, vocab_size)
+
+    def theirs_train():
+        trained["hf"] = HFTokenizer.train(text, vocab_size)
+
+    train_times = interleaved({"llmbook": ours_train, "hf": theirs_train}, repeats)
+    ours_tok, hf_tok = trained["llmbook"], trained["hf"]
+    encode_times = interleaved(
+        {"llmbook": lambda: ours_tok.encode(text), "hf": lambda: hf_tok.encode(text)}, repeats
+    )
+    n_bytes = len(text.encode("utf-8"))
+    return {
+        "train_seconds": {k: median(v) for k, v in train_times.items()},
+        "encode_bytes_per_second": {k: n_bytes / median(v) for k, v in encode_times.items()},
+        "ratios": {
+            "bpe_train_vs_hf": median(train_times["hf"]) / median(train_times["llmbook"]),
+            "bpe_encode_vs_hf": median(encode_times["hf"]) / median(encode_times["llmbook"]),
+        },
+    }
