@@ -462,10 +462,6 @@ def train(
         history.steps.append(step)
         history.train_loss.append(loss_value)
         history.lr.append(lr)
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(
-                f"loss became {loss_value} at step {step}; lower lr or clip harder"
-            )
         model_metrics = model.moe_metrics() if hasattr(model, "moe_metrics") else {}
         for name, value in model_metrics.items():
             history.metrics.setdefault(name, []).append(value)
@@ -479,6 +475,12 @@ def train(
                     "train/tokens_per_second": config.batch_size * T / seconds,
                     **model_metrics,
                 },
+            )
+        if not math.isfinite(loss_value):
+            if logger is not None:
+                logger.flush()  # the step that diverged is the one worth seeing in the logs
+            raise FloatingPointError(
+                f"loss became {loss_value} at step {step}; lower lr or clip harder"
             )
         done = step + 1
         last = done == config.max_steps
