@@ -15,7 +15,7 @@ from llmbook.data.corpora import load_corpus
 from llmbook.model.config import ModelConfig
 from llmbook.model.gpt import GPT
 from llmbook.paths import cache_dir
-from llmbook.tokenizer.byte import ByteTokenizer
+from llmbook.tokenizer import BPETokenizer, ByteTokenizer, HFTokenizer, tokenizer_from_dict
 from llmbook.train.distributed import barrier, world
 from llmbook.train.loop import train
 from llmbook.zoo.checkpoint import CheckpointError, load_weights, read_meta, save_checkpoint
@@ -31,8 +31,8 @@ class ZooModel:
 
     model: GPT
     """The model, in eval mode, on the requested device."""
-    tokenizer: ByteTokenizer
-    """Its tokenizer."""
+    tokenizer: ByteTokenizer | BPETokenizer | HFTokenizer
+    """Its tokenizer (see :func:`llmbook.tokenizer.tokenizer_from_dict`)."""
     recipe: ResolvedRecipe
     """The recipe and profile it was made with."""
     meta: dict
@@ -52,17 +52,6 @@ def checkpoint_dir(recipe: ResolvedRecipe, root: Path | None = None) -> Path:
     """
     root = root or cache_dir()
     return root / "zoo" / f"{recipe.recipe.name}-{recipe.profile}-{recipe.key}"
-
-
-def tokenizer_from_dict(data: dict) -> ByteTokenizer:
-    """Rebuild the tokenizer a recipe or checkpoint describes.
-
-    :param data: the tokenizer description.
-    :returns: the tokenizer.
-    """
-    if data.get("type") == "byte":
-        return ByteTokenizer(data.get("specials", ByteTokenizer().specials))
-    raise ValueError(f"tokenizer: unknown type {data.get('type')!r}")
 
 
 def load_checkpoint(
