@@ -16,6 +16,7 @@ name and renamed into place, so a crash mid-save leaves the previous checkpoint 
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import sys
@@ -154,13 +155,23 @@ def save_training_state(
         "rng_python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
         "rng_numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
     }
+    for stale in root.glob(f".{PREFIX}*.tmp"):  # left by a crash mid-save: never a checkpoint
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.", suffix=".tmp"))
     try:
-        (tmp / STATE).write_bytes(save(tensors, metadata={"format": "pt"}))
-        save_checkpoint(tmp, model, meta)  # the JSON is written last
-        if final.exists():
-            shutil.rmtree(final)
+        with open(tmp / STATE, "wb") as f:
+            f.write(save(tensors, metadata={"format": "pt"}))
+            f.flush()
+            os.fsync(f.fileno())
+        save_checkpoint(tmp, model, meta)  # fsynced too; the JSON is written last
+        old = None
+        if final.exists():  # re-saving a step: move the old copy aside so one always exists
+            old = final.with_name(f".{final.name}.old.tmp")
+            final.rename(old)
         tmp.rename(final)
+        _fsync_dir(root)  # make the rename itself durable
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -168,6 +179,19 @@ def save_training_state(
         for old in list_checkpoints(root)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some platforms cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _describe_mismatch(kind: str, saved: dict, current: dict) -> str:

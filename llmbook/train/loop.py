@@ -473,6 +473,7 @@ def train(
                     "train/lr": lr,
                     "train/grad_norm": float(grad_norm),
                     "train/tokens_per_second": config.batch_size * T / seconds,
+                    **({"train/loss_scale": scaler.get_scale()} if scaler.is_enabled() else {}),
                     **model_metrics,
                 },
             )
