@@ -23,6 +23,7 @@ from llmbook.train.loop import (
     train,
 )
 from llmbook.train.loss import bits_per_byte, lm_loss, shift_labels
+from llmbook.train.lr_range import LRRangeResult, lr_range_test
 from llmbook.train.optim import build_optimizer, param_groups
 from llmbook.train.schedule import (
     SCHEDULES,
@@ -39,6 +40,7 @@ __all__ = [
     "DistInfo",
     "EvalResult",
     "History",
+    "LRRangeResult",
     "TrainConfig",
     "TrainingState",
     "accumulate_gradients",
@@ -51,6 +53,7 @@ __all__ = [
     "learning_rate",
     "list_checkpoints",
     "lm_loss",
+    "lr_range_test",
     "load_latest",
     "load_training_state",
     "param_groups",

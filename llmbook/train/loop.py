@@ -44,7 +44,7 @@ class TrainConfig:
     lr: float = 1e-3
     """Peak learning rate."""
     min_lr: float = 1e-4
-    """Learning rate at the end of the cosine decay."""
+    """Learning rate at the end of the decay (cosine or WSD)."""
     warmup_steps: int = 100
     """Steps of linear warmup."""
     schedule: str = "cosine"

@@ -141,6 +141,7 @@ def lr_range_test(
     :param seed: seed of the batch sampler.
     :returns: the :class:`LRRangeResult`.
     :raises ValueError: for an invalid argument.
+    :raises FloatingPointError: when the very first loss is not finite (nothing to suggest from).
 
     Introduced in {doc}`/book/part4/03-schedules`.
     """

@@ -81,6 +81,11 @@ def warmup_stable_decay(
 
     Introduced in {doc}`/book/part4/03-schedules`.
     """
+    if not 1 <= decay_steps <= total_steps - warmup_steps:
+        raise ValueError(
+            f"decay_steps: must be in [1, total_steps - warmup_steps = "
+            f"{total_steps - warmup_steps}], got {decay_steps}"
+        )
     if step < warmup_steps:
         return max_lr * (step + 1) / warmup_steps
     if step >= total_steps:
@@ -88,7 +93,8 @@ def warmup_stable_decay(
     decay_start = total_steps - decay_steps
     if step < decay_start:
         return max_lr
-    return max_lr - (max_lr - min_lr) * (step - decay_start + 1) / decay_steps
+    # Written from the end so that the last step lands exactly on min_lr.
+    return min_lr + (max_lr - min_lr) * (total_steps - 1 - step) / decay_steps
 
 
 def learning_rate(
@@ -127,7 +133,9 @@ def learning_rate(
             min_lr=min_lr,
         )
     if schedule == "wsd":
-        decay_steps = max(1, round(decay_fraction * max(0, total_steps - warmup_steps)))
+        if total_steps <= warmup_steps:  # the whole run is warmup
+            return constant(step, max_lr=max_lr, warmup_steps=warmup_steps)
+        decay_steps = max(1, round(decay_fraction * (total_steps - warmup_steps)))
         return warmup_stable_decay(
             step,
             max_lr=max_lr,
