@@ -170,6 +170,11 @@ class ModelConfig:
                 f"n_expert_active: must be at most n_expert ({self.n_expert}), "
                 f"got {self.n_expert_active}"
             )
+        if self.n_expert and self.n_expert_active == 1 and self.router_renormalize:
+            raise ValueError(
+                "router_renormalize: a renormalised top-1 gate is always 1 and passes no gradient "
+                "to the router; use router_renormalize=False (Switch) or n_expert_active >= 2"
+            )
         if self.expert_hidden is not None and (
             isinstance(self.expert_hidden, bool)
             or not isinstance(self.expert_hidden, int)

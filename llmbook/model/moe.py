@@ -211,7 +211,10 @@ class MoE(nn.Module):
         self.router = Router(n_embd, n_expert, top_k, noise_std=noise_std, renormalize=renormalize)
         self.experts = nn.ModuleList(Expert(n_embd, hidden, bias=bias) for _ in range(n_expert))
         self.shared = nn.ModuleList(Expert(n_embd, hidden, bias=bias) for _ in range(n_shared))
-        self.register_buffer("expert_counts", torch.zeros(n_expert), persistent=False)
+        # float64 counts stay exact far beyond float32's 2**24 assignments.
+        self.register_buffer(
+            "expert_counts", torch.zeros(n_expert, dtype=torch.float64), persistent=False
+        )
         self.aux_loss = torch.zeros(())
         self.z_loss = torch.zeros(())
         self.last_counts = torch.zeros(n_expert)
@@ -260,5 +263,5 @@ class MoE(nn.Module):
         self.z_loss = router_z_loss(route.logits)
         self.last_counts = counts.detach().float()
         self.dropped_fraction = float(1.0 - keep.sum() / counts.sum())
-        self.expert_counts += self.last_counts
+        self.expert_counts += self.last_counts.to(self.expert_counts.dtype)
         return out.reshape(B, T, C)

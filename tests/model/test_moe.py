@@ -258,3 +258,30 @@ def test_training_loop_records_router_metrics():
 def test_bad_moe_config_names_the_field(field, value, message):
     with pytest.raises(ValueError, match=message):
         moe_config(**{field: value})
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(),
+        dict(moe_every=2, n_shared_expert=1),
+        dict(n_expert=8, n_expert_active=1, router_renormalize=False, expert_hidden=40, bias=True),
+    ],
+)
+def test_parameter_formula_counts_moe_and_active_parameters(overrides):
+    from llmbook.model.counting import count_parameters, flops_per_token
+
+    cfg = moe_config(**overrides)
+    model = GPT(cfg)
+    assert count_parameters(cfg) == model.num_params()
+    # active: each MoE block keeps the router and k + shared experts
+    expert = sum(p.numel() for p in model.moe_layers()[0].experts[0].parameters())
+    idle = sum((m.n_expert - m.top_k) * expert for m in model.moe_layers())
+    assert count_parameters(cfg, active=True) == model.num_params() - idle
+    dense = moe_config(n_expert=0)
+    assert flops_per_token(cfg) > 0 and flops_per_token(dense) > 0
+
+
+def test_top1_with_renormalised_gates_is_refused():
+    with pytest.raises(ValueError, match="router_renormalize: a renormalised top-1 gate"):
+        moe_config(n_expert_active=1)
