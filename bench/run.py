@@ -53,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (a few minutes)")
     parser.add_argument("--out", type=Path, default=None, help="write all results as JSON here")
     parser.add_argument(
-        "--only", nargs="*", default=None, help="run only these: training generation tokenizer book"
+        "--only",
+        nargs="*",
+        default=None,
+        help="run only these: training generation tokenizer speedrun book",
     )
     args = parser.parse_args(argv)
 
@@ -65,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     from llmbook.device import environment_report
 
     quick = args.quick
-    wanted = set(args.only or ["training", "generation", "tokenizer", "book"])
+    default = ["training", "generation", "tokenizer", "book"] + ([] if quick else ["speedrun"])
+    wanted = set(args.only or default)
     results: dict = {
         "mode": "quick" if quick else "full",
         "llmbook_version": __version__,
@@ -74,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     ratios: dict[str, float] = {}
-    stages = [s for s in ("training", "generation", "tokenizer", "book") if s in wanted]
+    stages = [s for s in ("training", "generation", "tokenizer", "speedrun", "book") if s in wanted]
     bar = tqdm(stages, desc="bench", unit="stage", file=sys.stderr)
     for stage in bar:
         bar.set_postfix(stage=stage)
@@ -86,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         elif stage == "tokenizer":
             text = load_corpus("tinyshakespeare").text
             r = benchmark.bench_tokenizer(text, repeats=1 if quick else 3)
+        elif stage == "speedrun":
+            r = benchmark.bench_speedrun()
         else:
             r = {"chapter_seconds": book_times()}
             r["total_seconds"] = sum(r["chapter_seconds"].values())
@@ -99,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     if "training" in results:
         for key, value in results["training"]["mfu"].items():
             ratios[f"mfu_{key}"] = value
+    if "speedrun" in results:
+        ratios["speedrun_seconds_to_1.886"] = results["speedrun"]["train_seconds"]
+        ratios["speedrun_val_loss"] = results["speedrun"]["val_loss"]
     results["ratios"] = ratios
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

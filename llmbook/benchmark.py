@@ -295,3 +295,40 @@ def bench_tokenizer(text: str, *, vocab_size: int = 4096, repeats: int = 3) -> d
             "bpe_encode_vs_hf": median(encode_times["hf"]) / median(encode_times["llmbook"]),
         },
     }
+
+
+def bench_speedrun(target: float = 1.886, *, recipe: str = "shakespeare-speedrun") -> dict:
+    """Train the speedrun recipe from scratch and report its training time and validation loss.
+
+    The recipe's schedule ends where the target is reached, so the run's training time (evaluation
+    excluded) is the time to the target when its final whole-split validation loss is at or below it.
+
+    :param target: the validation loss to reach (nanoGPT's CPU Shakespeare result).
+    :param recipe: the zoo recipe to train (cpu profile).
+    :returns: seconds, loss, whether the target was reached, and the config.
+
+    Introduced in {doc}`/book/appendix/performance`.
+    """
+    from llmbook.data.batching import train_val_split
+    from llmbook.data.corpora import load_corpus
+    from llmbook.model.gpt import GPT
+    from llmbook.tokenizer import tokenizer_from_dict
+    from llmbook.train.loop import train
+    from llmbook.zoo.recipes import resolve
+
+    resolved = resolve(recipe, "cpu")
+    tokenizer = tokenizer_from_dict(resolved.recipe.tokenizer)
+    ids = torch.tensor(tokenizer.encode(load_corpus(resolved.recipe.corpus).text))
+    train_ids, val_ids = train_val_split(ids, resolved.recipe.train_fraction)
+    torch.manual_seed(resolved.train_config.seed)
+    model = GPT(resolved.model_config)
+    history = train(model, train_ids, val_ids, resolved.train_config, progress=False)
+    return {
+        "recipe": recipe,
+        "target": target,
+        "val_loss": history.final_val_loss,
+        "train_seconds": history.train_seconds,
+        "reached": history.final_val_loss <= target,
+        "tokens_per_second": history.tokens_per_second,
+        "train_config": resolved.train_config.to_dict(),
+    }
