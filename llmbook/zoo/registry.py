@@ -15,7 +15,10 @@ from llmbook.data.corpora import load_corpus
 from llmbook.model.config import ModelConfig
 from llmbook.model.gpt import GPT
 from llmbook.paths import cache_dir
-from llmbook.tokenizer import BPETokenizer, ByteTokenizer, HFTokenizer, tokenizer_from_dict
+from llmbook.tokenizer import tokenizer_from_dict
+from llmbook.tokenizer.bpe import BPETokenizer
+from llmbook.tokenizer.byte import ByteTokenizer
+from llmbook.tokenizer.hf import HFTokenizer
 from llmbook.train.distributed import barrier, world
 from llmbook.train.loop import train
 from llmbook.zoo.checkpoint import CheckpointError, load_weights, read_meta, save_checkpoint
