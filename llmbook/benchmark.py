@@ -152,7 +152,8 @@ def hf_train_step(config: ModelConfig, batch_size: int, *, seed: int = 0) -> Cal
 
     torch.manual_seed(seed)
     model = to_hf(GPT(config)).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
+    # the same fused AdamW as llmbook, so that the comparison is of the models
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=True)
     x = torch.randint(0, config.vocab_size, (batch_size, config.block_size))
 
     def step() -> float:

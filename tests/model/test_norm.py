@@ -52,3 +52,27 @@ def test_float64_stays_float64():
     torch.testing.assert_close(
         y, F.layer_norm(x, (16,), ln.weight, ln.bias, 1e-5), atol=1e-12, rtol=0
     )
+
+
+@pytest.mark.parametrize("kind", ["layernorm", "rmsnorm"])
+def test_fused_kernel_equals_the_written_out_formula(kind):
+    # The forward pass uses torch's fused kernel; the formula the book derives must give the same
+    # values and gradients.
+    from llmbook.model.norm import RMSNorm
+
+    torch.manual_seed(0)
+    norm = LayerNorm(48) if kind == "layernorm" else RMSNorm(48)
+    with torch.no_grad():
+        norm.weight.normal_()
+        if getattr(norm, "bias", None) is not None:
+            norm.bias.normal_()
+    x = torch.randn(3, 7, 48, requires_grad=True)
+    outs, grads = [], []
+    for fused in (True, False):
+        norm.fused = fused
+        y = norm(x)
+        (gx,) = torch.autograd.grad((y * torch.arange(48.0)).sum(), x)
+        outs.append(y.detach())
+        grads.append(gx)
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-5)
