@@ -13,7 +13,7 @@ from pathlib import Path
 import regex
 import torch
 
-from llmbook.tokenizer.byte import DEFAULT_SPECIALS, SPECIAL_POLICIES
+from llmbook.tokenizer.byte import DEFAULT_SPECIALS, SPECIAL_POLICIES, SpecialTokens
 
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 """GPT-2's pre-tokenization regex: English contractions, runs of letters, of digits and of other
@@ -185,7 +185,7 @@ def train_merges(
     return merges
 
 
-class BPETokenizer:
+class BPETokenizer(SpecialTokens):
     """Byte-level BPE: ids 0–255 are bytes, each learned merge adds one id, specials come last.
 
     Text is first cut into pre-tokens by :data:`GPT2_PATTERN` (merges never cross a pre-token), each
@@ -296,27 +296,6 @@ class BPETokenizer:
     def vocab_size(self) -> int:
         """256 byte ids, one per merge, plus the specials."""
         return N_BYTES + len(self.merges) + len(self.specials)
-
-    def _special(self, token: str) -> int:
-        try:
-            return self.special_ids[token]
-        except KeyError:
-            raise ValueError(f"specials: this tokenizer has no {token!r} token") from None
-
-    @property
-    def bos_id(self) -> int:
-        """Id of the beginning-of-sequence token."""
-        return self._special("<|bos|>")
-
-    @property
-    def eos_id(self) -> int:
-        """Id of the end-of-sequence token."""
-        return self._special("<|eos|>")
-
-    @property
-    def pad_id(self) -> int:
-        """Id of the padding token."""
-        return self._special("<|pad|>")
 
     def encode_chunk(self, chunk: str) -> tuple[int, ...]:
         """Encode one pre-token: its UTF-8 bytes, then merges by rank (lowest rank first).

@@ -12,7 +12,40 @@ SPECIAL_POLICIES = ("skip", "keep", "error")
 """What :meth:`ByteTokenizer.decode` may do with special ids."""
 
 
-class ByteTokenizer:
+class SpecialTokens:
+    """The special-token ids every tokenizer of the book exposes, looked up in ``self.special_ids``.
+
+    A tokenizer sets ``special_ids`` (special token text to id) and inherits ``bos_id``, ``eos_id`` and
+    ``pad_id``; asking for a special it does not have raises a :class:`ValueError`.
+
+    Introduced in {doc}`/book/part2/01-byte-tokenizer`.
+    """
+
+    special_ids: dict[str, int]
+
+    def _special(self, token: str) -> int:
+        try:
+            return self.special_ids[token]
+        except KeyError:
+            raise ValueError(f"specials: this tokenizer has no {token!r} token") from None
+
+    @property
+    def bos_id(self) -> int:
+        """Id of the beginning-of-sequence token."""
+        return self._special("<|bos|>")
+
+    @property
+    def eos_id(self) -> int:
+        """Id of the end-of-sequence token."""
+        return self._special("<|eos|>")
+
+    @property
+    def pad_id(self) -> int:
+        """Id of the padding token."""
+        return self._special("<|pad|>")
+
+
+class ByteTokenizer(SpecialTokens):
     """Bytes 0–255 are ids 0–255; special tokens get the ids from 256 up.
 
     The vocabulary never misses: any string, in any script, and any byte string at all encodes, and
@@ -49,27 +82,6 @@ class ByteTokenizer:
     def vocab_size(self) -> int:
         """256 byte ids plus the special tokens."""
         return self.n_bytes + len(self.specials)
-
-    def _special(self, token: str) -> int:
-        try:
-            return self.special_ids[token]
-        except KeyError:
-            raise ValueError(f"specials: this tokenizer has no {token!r} token") from None
-
-    @property
-    def bos_id(self) -> int:
-        """Id of the beginning-of-sequence token."""
-        return self._special("<|bos|>")
-
-    @property
-    def eos_id(self) -> int:
-        """Id of the end-of-sequence token."""
-        return self._special("<|eos|>")
-
-    @property
-    def pad_id(self) -> int:
-        """Id of the padding token."""
-        return self._special("<|pad|>")
 
     def encode(self, text: str | bytes, *, bos: bool = False, eos: bool = False) -> list[int]:
         """Turn text (UTF-8 encoded) or raw bytes into ids.

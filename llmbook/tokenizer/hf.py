@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 
 from llmbook.tokenizer.bpe import bytes_to_unicode
-from llmbook.tokenizer.byte import DEFAULT_SPECIALS, SPECIAL_POLICIES
+from llmbook.tokenizer.byte import DEFAULT_SPECIALS, SPECIAL_POLICIES, SpecialTokens
 
 
-class HFTokenizer:
+class HFTokenizer(SpecialTokens):
     """A ``tokenizers.Tokenizer`` with the book's tokenizer interface.
 
     :meth:`train` builds GPT-2's byte-level BPE: the ``ByteLevel`` pre-tokenizer (the GPT-2 regex,
@@ -91,27 +91,6 @@ class HFTokenizer:
     def vocab_size(self) -> int:
         """All ids: bytes, merges and specials."""
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
-
-    def _special(self, token: str) -> int:
-        try:
-            return self.special_ids[token]
-        except KeyError:
-            raise ValueError(f"specials: this tokenizer has no {token!r} token") from None
-
-    @property
-    def bos_id(self) -> int:
-        """Id of the beginning-of-sequence token."""
-        return self._special("<|bos|>")
-
-    @property
-    def eos_id(self) -> int:
-        """Id of the end-of-sequence token."""
-        return self._special("<|eos|>")
-
-    @property
-    def pad_id(self) -> int:
-        """Id of the padding token."""
-        return self._special("<|pad|>")
 
     def encode(self, text: str, *, bos: bool = False, eos: bool = False) -> list[int]:
         """Turn text into ids; special tokens' text becomes their ids (``tokenizers``' behaviour).

@@ -143,7 +143,7 @@ def save_training_state(
     final = root / checkpoint_name(step)
     optim_tensors, optim_plain = _optimizer_tensors(optimizer)
     tensors = {**optim_tensors, **_rng_tensors(generator)}
-    np_state = np.random.get_state()
+    py_state, np_state = random.getstate(), np.random.get_state()
     meta = {
         "kind": "training-state",
         "step": step,
@@ -152,7 +152,7 @@ def save_training_state(
         "history": history,
         "optimizer": optim_plain,
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
-        "rng_python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        "rng_python": [py_state[0], list(py_state[1]), py_state[2]],
         "rng_numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
     }
     for stale in root.glob(f".{PREFIX}*.tmp"):  # left by a crash mid-save: never a checkpoint

@@ -278,8 +278,14 @@ def test_parameter_formula_counts_moe_and_active_parameters(overrides):
     expert = sum(p.numel() for p in model.moe_layers()[0].experts[0].parameters())
     idle = sum((m.n_expert - m.top_k) * expert for m in model.moe_layers())
     assert count_parameters(cfg, active=True) == model.num_params() - idle
-    dense = moe_config(n_expert=0)
-    assert flops_per_token(cfg) > 0 and flops_per_token(dense) > 0
+    # FLOPs: 6 per active matmul weight, so an MoE stack differs from the dense one by the router and
+    # the k + shared experts in place of one dense MLP, in each MoE block.
+    dense = moe_config(n_expert=0, bias=cfg.bias)
+    C, h = cfg.n_embd, cfg.hidden_size
+    h_e = cfg.expert_hidden or h
+    per_moe_block = C * cfg.n_expert + (cfg.n_expert_active + cfg.n_shared_expert) * 3 * C * h_e
+    extra = len(model.moe_layers()) * (per_moe_block - 3 * C * h)
+    assert flops_per_token(cfg) - flops_per_token(dense) == 6 * extra
 
 
 def test_top1_with_renormalised_gates_is_refused():
