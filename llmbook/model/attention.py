@@ -61,11 +61,42 @@ def attention_reference(
         scores = scores.masked_fill(~causal_mask(T, device=scores.device), float("-inf"))
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
-    weights = torch.softmax(scores, dim=-1)
+    # Low-precision scores are normalised in float32 (as fused kernels do inside), then cast back.
+    weights = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32))
+    weights = weights.to(v.dtype)
     if dropout_p > 0.0:
         weights = F.dropout(weights, p=dropout_p)
     out = weights @ v  # (..., T, Dv)
     return (out, weights) if return_weights else out
+
+
+REFERENCE_MAX_KEYS = 1024
+"""The longest key sequence for which ``"auto"`` may pick the written-out attention (it stores the
+``T x S`` weights, which the fused kernel never does)."""
+
+
+def resolve_attn_impl(impl: str, q: torch.Tensor, n_keys: int) -> str:
+    """Turn ``"auto"`` into a concrete attention implementation for these tensors.
+
+    ``"auto"`` picks :func:`attention_reference` for bfloat16 or float16 on the CPU (up to
+    :data:`REFERENCE_MAX_KEYS` keys) and the fused kernel everywhere else. The reason is measured, not
+    assumed: PyTorch's CPU flash kernel runs its backward pass in reduced precision several times slower
+    than in float32, while the written-out path is a few batched matmuls that do get faster in
+    bfloat16 (the Performance appendix times both). On GPUs the fused (flash) kernel wins.
+
+    :param impl: ``"auto"``, ``"fused"`` or ``"reference"``.
+    :param q: the queries (their device and dtype decide).
+    :param n_keys: the number of keys ``S``.
+    :returns: ``"fused"`` or ``"reference"``.
+
+    Introduced in {doc}`/book/appendix/performance`.
+    """
+    if impl != "auto":
+        return impl
+    low_precision = q.dtype in (torch.bfloat16, torch.float16)
+    if q.device.type == "cpu" and low_precision and n_keys <= REFERENCE_MAX_KEYS:
+        return "reference"
+    return "fused"
 
 
 def scaled_dot_product_attention(
@@ -82,6 +113,7 @@ def scaled_dot_product_attention(
 
     The fused path calls :func:`torch.nn.functional.scaled_dot_product_attention`, which picks a
     flash, memory-efficient or math kernel for the device; the tests prove both paths equal.
+    ``impl="auto"`` chooses between them with :func:`resolve_attn_impl`.
 
     :param q: queries, ``(..., T, D)``.
     :param k: keys, ``(..., S, D)``.
@@ -89,15 +121,16 @@ def scaled_dot_product_attention(
     :param mask: optional bool mask broadcastable to ``(..., T, S)``, True where attention is allowed.
     :param causal: forbid attention to later positions.
     :param dropout_p: dropout on the attention weights.
-    :param impl: ``"fused"`` or ``"reference"``.
+    :param impl: ``"fused"``, ``"reference"`` or ``"auto"``.
     :returns: the output ``(..., T, Dv)``.
 
     Introduced in {doc}`/book/part1/02-attention-by-hand`.
     """
+    if impl not in ("auto", "fused", "reference"):
+        raise ValueError(f"impl: must be 'auto', 'fused' or 'reference', got {impl!r}")
+    impl = resolve_attn_impl(impl, q, k.size(-2))
     if impl == "reference":
         return attention_reference(q, k, v, mask=mask, causal=causal, dropout_p=dropout_p)
-    if impl != "fused":
-        raise ValueError(f"impl: must be 'fused' or 'reference', got {impl!r}")
     if causal and mask is not None:
         # The fused kernel takes one or the other; fold the causal rule into the explicit mask.
         mask = mask & causal_mask(q.size(-2), device=q.device)
@@ -264,7 +297,8 @@ class MultiHeadAttention(nn.Module):
                 k, v = cache.update(layer, k, v)  # (B, K, S, D)
         causal = mask is None and cache is None
         dropout_p = self.dropout if self.training else 0.0
-        if self.n_kv_head != self.n_head and self.impl == "fused":
+        impl = resolve_attn_impl(self.impl, q, k.size(-2))
+        if self.n_kv_head != self.n_head and impl == "fused":
             # The fused kernel shares each k/v head with its group of query heads without copying.
             if causal:
                 y = F.scaled_dot_product_attention(
@@ -282,6 +316,6 @@ class MultiHeadAttention(nn.Module):
                 )  # (B, H, S, D): head h reads k/v head h // group
                 v = v.repeat_interleave(group, dim=1)
             y = scaled_dot_product_attention(
-                q, k, v, mask=mask, causal=causal, dropout_p=dropout_p, impl=self.impl
+                q, k, v, mask=mask, causal=causal, dropout_p=dropout_p, impl=impl
             )  # (B, H, T, D)
         return self.resid_dropout(self.o_proj(merge_heads(y)))  # (B, T, C)

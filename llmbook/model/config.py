@@ -8,7 +8,7 @@ from typing import Any
 POS_EMBEDDINGS = ("learned", "sinusoidal", "rope")
 NORMS = ("layernorm", "rmsnorm", "none")
 MLPS = ("gelu", "swiglu")
-ATTN_IMPLS = ("fused", "reference")
+ATTN_IMPLS = ("auto", "fused", "reference")
 
 
 def config_from_dict(cls: type, data: dict[str, Any]):
@@ -73,9 +73,11 @@ class ModelConfig:
     """With a sliding window, also always attend to the first ``attn_sinks`` positions (StreamingLLM)."""
     residual: bool = True
     """Whether blocks add their output to the residual stream; ``False`` only for the ablation of 1.6."""
-    attn_impl: str = "fused"
-    """Attention kernel: ``"fused"`` (``torch.nn.functional.scaled_dot_product_attention``) or
-    ``"reference"`` (the readable implementation of the book, proven equal)."""
+    attn_impl: str = "auto"
+    """Attention kernel: ``"fused"`` (``torch.nn.functional.scaled_dot_product_attention``),
+    ``"reference"`` (the readable implementation of the book, proven equal), or ``"auto"``: the
+    faster of the two for the tensors at hand (see
+    :func:`~llmbook.model.attention.resolve_attn_impl`)."""
     tie_weights: bool = True
     """Whether the LM head reuses the token embedding matrix (saves V x C parameters)."""
     norm_eps: float = 1e-5

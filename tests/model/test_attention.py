@@ -9,7 +9,9 @@ from llmbook.model.attention import (
     MultiHeadAttention,
     attention_reference,
     causal_mask,
+    REFERENCE_MAX_KEYS,
     merge_heads,
+    resolve_attn_impl,
     scaled_dot_product_attention,
     split_heads,
 )
@@ -49,6 +51,49 @@ def test_mask_and_causal_combine_the_same_in_both_paths():
     ref = scaled_dot_product_attention(q, k, v, mask=pad, causal=True, impl="reference")
     torch.testing.assert_close(fused[:, :, 2:], ref[:, :, 2:])
     torch.testing.assert_close(fused[1], ref[1])
+
+
+def test_auto_picks_the_written_out_path_only_for_low_precision_on_cpu():
+    for dtype, expected in [
+        (torch.float32, "fused"),
+        (torch.float64, "fused"),
+        (torch.bfloat16, "reference"),
+        (torch.float16, "reference"),
+    ]:
+        q = torch.zeros(1, 1, 4, 8, dtype=dtype)
+        assert resolve_attn_impl("auto", q, 4) == expected, dtype
+        for impl in ("fused", "reference"):
+            assert resolve_attn_impl(impl, q, 4) == impl
+    long = torch.zeros(1, 1, 1, 8, dtype=torch.bfloat16)
+    assert resolve_attn_impl("auto", long, REFERENCE_MAX_KEYS) == "reference"
+    assert resolve_attn_impl("auto", long, REFERENCE_MAX_KEYS + 1) == "fused"
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_bfloat16_paths_agree_with_float32(causal):
+    # The reference path normalises low-precision scores in float32, so in bfloat16 both paths stay
+    # within bfloat16 rounding of the float32 answer (and of each other), values and gradients.
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 16, 8) for _ in range(3))
+    exact = attention_reference(q, k, v, causal=causal)
+    outs, grads = {}, {}
+    for impl in ("fused", "reference", "auto"):
+        leaves = [t.to(torch.bfloat16).requires_grad_() for t in (q, k, v)]
+        y = scaled_dot_product_attention(*leaves, causal=causal, impl=impl)
+        assert y.dtype == torch.bfloat16
+        y.float().square().sum().backward()
+        outs[impl], grads[impl] = y.float(), [t.grad.float() for t in leaves]
+        torch.testing.assert_close(outs[impl], exact, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(outs["auto"], outs["reference"], atol=0, rtol=0)
+    for a, b in zip(grads["fused"], grads["reference"]):
+        torch.testing.assert_close(a, b, atol=5e-2, rtol=5e-2)
+
+
+def test_reference_softmax_keeps_float64():
+    q, k, v = (torch.randn(1, 5, 4, dtype=torch.float64) for _ in range(3))
+    out, w = attention_reference(q, k, v, return_weights=True)
+    assert out.dtype == w.dtype == torch.float64
+    torch.testing.assert_close(w.sum(-1), torch.ones(1, 5, dtype=torch.float64), atol=1e-15, rtol=0)
 
 
 def test_causal_mask_shape_and_rule():
@@ -123,6 +168,21 @@ def test_multi_head_fused_equals_reference_with_gradients():
     gb = torch.autograd.grad(yb.square().sum(), list(b.parameters()))
     for u, w in zip(ga, gb):
         torch.testing.assert_close(u, w, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("n_kv_head", [4, 2])
+def test_multi_head_auto_in_bfloat16_autocast_matches_fused(n_kv_head):
+    # Under CPU bfloat16 autocast, "auto" takes the written-out path; it must agree with the fused
+    # kernel to bfloat16 precision, grouped-query heads included.
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_embd=32, n_head=4, n_kv_head=n_kv_head, attn_impl="auto")
+    a = MultiHeadAttention(cfg)
+    b = MultiHeadAttention(ModelConfig(n_embd=32, n_head=4, n_kv_head=n_kv_head, attn_impl="fused"))
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 12, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ya, yb = a(x), b(x)
+    torch.testing.assert_close(ya.float(), yb.float(), atol=3e-2, rtol=3e-2)
 
 
 def test_attention_dropout_only_in_training():
