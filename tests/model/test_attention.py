@@ -5,11 +5,11 @@ import torch
 import torch.nn.functional as F
 
 from llmbook.model.attention import (
+    REFERENCE_MAX_KEYS,
     CausalSelfAttentionHead,
     MultiHeadAttention,
     attention_reference,
     causal_mask,
-    REFERENCE_MAX_KEYS,
     merge_heads,
     resolve_attn_impl,
     scaled_dot_product_attention,
