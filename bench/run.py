@@ -1,7 +1,8 @@
 """The llmbook benchmark suite: llmbook against reference implementations, in one process.
 
     python bench/run.py            # full run (make bench)
-    python bench/run.py --quick    # a short run (make bench-quick), a few minutes
+    python bench/run.py --quick    # a short run (make bench-quick), under a minute
+    python bench/run.py --only attention profile   # chosen stages
 
 Prints a table per benchmark and ends with a one-line JSON of the ratios (llmbook / reference; above 1
 means llmbook is faster). ``--out FILE`` also writes everything measured, with a description of the
@@ -48,15 +49,30 @@ def book_times() -> dict[str, float]:
     return out
 
 
+STAGES = (
+    "training",
+    "attention",
+    "profile",
+    "generation",
+    "tokenizer",
+    "compiled",
+    "speedrun",
+    "book",
+)
+"""Every stage, in running order; ``--quick`` leaves out ``compiled`` and ``speedrun``."""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions (a few minutes)")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer repetitions, no compile or speedrun stage"
+    )
     parser.add_argument("--out", type=Path, default=None, help="write all results as JSON here")
     parser.add_argument(
         "--only",
         nargs="*",
         default=None,
-        help="run only these: training generation tokenizer speedrun book",
+        help="run only these: " + " ".join(STAGES),
     )
     args = parser.parse_args(argv)
 
@@ -68,7 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     from llmbook.device import environment_report
 
     quick = args.quick
-    default = ["training", "generation", "tokenizer", "book"] + ([] if quick else ["speedrun"])
+    default = [s for s in STAGES if not (quick and s in ("compiled", "speedrun"))]
+    unknown = set(args.only or ()) - set(STAGES)
+    if unknown:
+        parser.error(f"--only: unknown stage(s) {sorted(unknown)}; choose from {list(STAGES)}")
     wanted = set(args.only or default)
     results: dict = {
         "mode": "quick" if quick else "full",
@@ -78,13 +97,21 @@ def main(argv: list[str] | None = None) -> int:
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     ratios: dict[str, float] = {}
-    stages = [s for s in ("training", "generation", "tokenizer", "speedrun", "book") if s in wanted]
+    stages = [s for s in STAGES if s in wanted]
     bar = tqdm(stages, desc="bench", unit="stage", file=sys.stderr)
     for stage in bar:
         bar.set_postfix(stage=stage)
         started = time.perf_counter()
         if stage == "training":
             r = benchmark.bench_training(repeats=3 if quick else 7, steps=5 if quick else 10)
+        elif stage == "attention":
+            r = benchmark.bench_attention(
+                lengths=(64,) if quick else (64, 128, 256), repeats=3 if quick else 7
+            )
+        elif stage == "profile":
+            r = benchmark.bench_profile(steps=3 if quick else 10)
+        elif stage == "compiled":
+            r = benchmark.bench_compiled(repeats=7)
         elif stage == "generation":
             r = benchmark.bench_generation(repeats=2 if quick else 5)
         elif stage == "tokenizer":
@@ -105,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     if "training" in results:
         for key, value in results["training"]["mfu"].items():
             ratios[f"mfu_{key}"] = value
+    if "compiled" in results:
+        for key, value in results["compiled"]["mfu"].items():
+            if key.startswith("compiled"):
+                ratios[f"mfu_llama_{key}"] = value
     if "speedrun" in results:
         ratios["speedrun_seconds_to_1.886"] = results["speedrun"]["train_seconds"]
         ratios["speedrun_val_loss"] = results["speedrun"]["val_loss"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
@@ -108,7 +109,12 @@ def matmul_flops(dtype: torch.dtype = torch.float32, *, n: int = 1024, repeats: 
 
 
 def llmbook_train_step(
-    config: ModelConfig, batch_size: int, *, precision: str = "float32", seed: int = 0
+    config: ModelConfig,
+    batch_size: int,
+    *,
+    precision: str = "float32",
+    seed: int = 0,
+    compile: bool = False,
 ) -> Callable[[], float]:
     """One training step of an llmbook model (forward, backward, AdamW), as a closure for timing.
 
@@ -116,6 +122,7 @@ def llmbook_train_step(
     :param batch_size: windows per step.
     :param precision: ``"float32"`` or ``"bfloat16"`` (autocast).
     :param seed: seeds weights and the fixed batch.
+    :param compile: run the model through :func:`torch.compile` (the first step compiles).
     :returns: a function that runs one step and returns its loss.
     """
     from llmbook.model.gpt import GPT
@@ -127,10 +134,11 @@ def llmbook_train_step(
     optimizer = build_optimizer(model, lr=1e-4, weight_decay=0.1)
     x = torch.randint(0, config.vocab_size, (batch_size, config.block_size))
     y = torch.randint(0, config.vocab_size, (batch_size, config.block_size))
+    forward = torch.compile(model) if compile else model
 
     def step() -> float:
         with autocast(precision, "cpu"):
-            _, loss = model(x, y)
+            _, loss = forward(x, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -211,6 +219,138 @@ def bench_training(
         result["mfu"][f"{style}_fp32"] = fpt * tps[f"llmbook_{style}_fp32"] / peak["fp32"]
         result["mfu"][f"{style}_bf16"] = fpt * tps[f"llmbook_{style}_bf16"] / peak["bf16"]
     return result
+
+
+def _attention_calls(q, k, v, grad, impl: str, calls: int) -> None:
+    from llmbook.model.attention import scaled_dot_product_attention
+
+    for _ in range(calls):
+        scaled_dot_product_attention(q, k, v, causal=True, impl=impl).backward(grad)
+
+
+def bench_attention(
+    *, lengths: tuple[int, ...] = (64, 256), repeats: int = 5, batch_size: int = NANOGPT_CPU_BATCH
+) -> dict:
+    """Causal attention forward and backward: the fused kernel against the written-out path.
+
+    Shapes follow the nanoGPT configuration (4 heads of width 32, batch 12) at each context length, in
+    float32 and in bfloat16. This is the measurement behind ``attn_impl="auto"``
+    (:func:`llmbook.model.attention.resolve_attn_impl`).
+
+    :param lengths: context lengths T.
+    :param repeats: interleaved rounds.
+    :param batch_size: sequences per call.
+    :returns: ``rows`` (one per length and dtype: milliseconds per call of each path and the path
+        ``"auto"`` picks) and ``ratios`` (fused time / reference time; above 1: the written-out path
+        is faster).
+
+    Introduced in {doc}`/book/appendix/performance`.
+    """
+    from llmbook.model.attention import resolve_attn_impl
+
+    n_head, head_dim = NANOGPT_CPU["n_head"], NANOGPT_CPU["n_embd"] // NANOGPT_CPU["n_head"]
+    rows, ratios = [], {}
+    generator = torch.Generator().manual_seed(0)
+    for T in lengths:
+        inner = max(1, 256 // T)  # about the same work per timing at every length
+        for dtype in (torch.float32, torch.bfloat16):
+            shape = (batch_size, n_head, T, head_dim)
+            q, k, v = (
+                torch.randn(shape, generator=generator).to(dtype).requires_grad_() for _ in range(3)
+            )
+            grad = torch.randn(shape, generator=generator).to(dtype)
+            fns = {
+                impl: partial(_attention_calls, q, k, v, grad, impl, inner)
+                for impl in ("fused", "reference")
+            }
+            for fn in fns.values():
+                fn()
+            times = interleaved(fns, repeats)
+            ms = {impl: 1e3 * median(t) / inner for impl, t in times.items()}
+            name = "fp32" if dtype == torch.float32 else "bf16"
+            rows.append(
+                {
+                    "T": T,
+                    "dtype": name,
+                    "fused_ms": ms["fused"],
+                    "reference_ms": ms["reference"],
+                    "auto": resolve_attn_impl("auto", q, T),
+                }
+            )
+            ratios[f"attn_{name}_T{T}_reference_vs_fused"] = ms["fused"] / ms["reference"]
+    return {"rows": rows, "ratios": ratios}
+
+
+def bench_profile(*, steps: int = 5, batch_size: int = NANOGPT_CPU_BATCH) -> dict:
+    """Where a training step's time goes: the Llama-style step split by :mod:`llmbook.profiling`.
+
+    Profiles llmbook in fp32 and bf16 autocast and ``transformers``' ``LlamaForCausalLM`` in fp32 at
+    nanoGPT's CPU configuration, each split into matmul, attention kernel, optimizer and other time.
+
+    :param steps: profiled steps per contender.
+    :param batch_size: windows per step.
+    :returns: ``ms_per_step``: contender to category to milliseconds (profiler clock).
+
+    Introduced in {doc}`/book/appendix/performance`.
+    """
+    from llmbook.profiling import time_by_category
+
+    cfg = llama_style()
+    fns = {
+        "llmbook_llama_fp32": llmbook_train_step(cfg, batch_size),
+        "llmbook_llama_bf16": llmbook_train_step(cfg, batch_size, precision="bfloat16"),
+        "hf_llama_fp32": hf_train_step(cfg, batch_size),
+    }
+    return {"ms_per_step": {name: time_by_category(fn, steps=steps) for name, fn in fns.items()}}
+
+
+def bench_compiled(
+    *, repeats: int = 5, steps: int = 10, batch_size: int = NANOGPT_CPU_BATCH
+) -> dict:
+    """What :func:`torch.compile` adds to the eager Llama-style step on this machine.
+
+    Eager and compiled steps (fp32 and bf16 autocast) run interleaved after compilation; the compile
+    time of each is reported separately. The book's targets are for eager code; this is the reference
+    point for how much of the gap to the matmul peak is operator overhead that fusion removes.
+
+    :param repeats: interleaved rounds.
+    :param steps: steps per timing.
+    :param batch_size: windows per step.
+    :returns: tokens/s, compile seconds, MFU shares and ``ratios`` (compiled / eager).
+
+    Introduced in {doc}`/book/appendix/performance`.
+    """
+    cfg = llama_style()
+    fns, compile_seconds = {}, {}
+    for precision, name in (("float32", "fp32"), ("bfloat16", "bf16")):
+        fns[f"eager_{name}"] = llmbook_train_step(cfg, batch_size, precision=precision)
+        fns[f"compiled_{name}"] = llmbook_train_step(
+            cfg, batch_size, precision=precision, compile=True
+        )
+        start = time.perf_counter()
+        fns[f"compiled_{name}"]()
+        compile_seconds[name] = time.perf_counter() - start
+    for fn in fns.values():
+        fn()
+
+    def run(fn):
+        return lambda: [fn() for _ in range(steps)]
+
+    times = interleaved({name: run(fn) for name, fn in fns.items()}, repeats)
+    tokens = steps * batch_size * cfg.block_size
+    tps = {name: tokens / median(t) for name, t in times.items()}
+    peak = {"fp32": matmul_flops(torch.float32), "bf16": matmul_flops(torch.bfloat16)}
+    fpt = flops_per_token(cfg)
+    return {
+        "tokens_per_second": tps,
+        "compile_seconds": compile_seconds,
+        "matmul_peak_flops": peak,
+        "mfu": {name: fpt * value / peak[name.split("_")[1]] for name, value in tps.items()},
+        "ratios": {
+            f"compiled_vs_eager_{p}": tps[f"compiled_{p}"] / tps[f"eager_{p}"]
+            for p in ("fp32", "bf16")
+        },
+    }
 
 
 def bench_generation(*, repeats: int = 3, new_tokens: int = 256) -> dict:

@@ -39,3 +39,55 @@ def profile_step(
         loss.backward()
     model.zero_grad(set_to_none=True)
     return prof
+
+
+OP_CATEGORIES: dict[str, tuple[str, ...]] = {
+    "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"),
+    "attention kernel": ("scaled_dot_product", "flash_attention"),
+    "optimizer": ("adamw", "Optimizer.step"),
+}
+"""Operator-name fragments that put a profiled op into a category; everything else is ``"other"``
+(elementwise work, copies, reductions, autograd bookkeeping)."""
+
+
+def op_category(name: str) -> str:
+    """The :data:`OP_CATEGORIES` category of a profiled operator.
+
+    :param name: the operator's name as the profiler reports it (e.g. ``"aten::mm"``).
+    :returns: the category, or ``"other"``.
+    """
+    lowered = name.lower()
+    for category, fragments in OP_CATEGORIES.items():
+        if any(
+            lowered == f.lower() if f.startswith("aten::") else f.lower() in lowered
+            for f in fragments
+        ):
+            return category
+    return "other"
+
+
+def time_by_category(fn, *, steps: int = 5, warmup: int = 2) -> dict[str, float]:
+    """Profile ``steps`` calls of ``fn`` and split the self CPU time into :data:`OP_CATEGORIES`.
+
+    Self time counts each microsecond once, in the operator that spent it, so the categories add up
+    to the profiled total. The profiler adds a small cost to every operator, which inflates the many
+    small ones ("other") a little; use the shares, not the absolute numbers, and time without the
+    profiler for speed.
+
+    :param fn: a function of no arguments, e.g. a training step.
+    :param steps: profiled calls.
+    :param warmup: unprofiled calls first.
+    :returns: category to milliseconds per call, plus ``"total"``.
+
+    Introduced in {doc}`/book/appendix/performance`.
+    """
+    for _ in range(warmup):
+        fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            fn()
+    out = {category: 0.0 for category in (*OP_CATEGORIES, "other")}
+    for event in prof.key_averages():
+        out[op_category(event.key)] += event.self_cpu_time_total / 1e3 / steps
+    out["total"] = sum(out.values())
+    return out

@@ -115,6 +115,7 @@ class GPT(nn.Module):
         if cache is None and T > cfg.block_size:
             raise ValueError(f"sequence length {T} exceeds block_size ({cfg.block_size})")
         rope = None
+        n_positions = None  # 1 + the largest position, when known without reading the tensor
         if cache is not None and cache.rotates_keys:
             if cfg.pos_embedding != "rope":
                 raise ValueError("pos_embedding: the rolling cache needs a rope model")
@@ -148,6 +149,7 @@ class GPT(nn.Module):
                     positions = (key_valid.long().cumsum(-1) - 1).clamp(min=0)[:, start:]  # (B, T)
             if positions is None:
                 positions = torch.arange(start, T_k, device=device)  # (T,)
+                n_positions = T_k
             needs_mask = (
                 key_valid is not None
                 or cfg.sliding_window is not None
@@ -165,14 +167,22 @@ class GPT(nn.Module):
                     device=device,
                 )
             if cfg.pos_embedding == "rope":
-                cos, sin = self.rope_tables(int(positions.max()) + 1, device)
-                cos, sin = cos[positions], sin[positions]  # (T, D) or (B, T, D)
+                gather = n_positions is None  # default positions start..T_k-1 are a slice
+                if gather:
+                    n_positions = int(positions.max()) + 1
+                cos, sin = self.rope_tables(n_positions, device)
+                if gather:
+                    cos, sin = cos[positions], sin[positions]  # (T, D) or (B, T, D)
+                else:
+                    cos, sin = cos[start:T_k], sin[start:T_k]  # (T, D)
                 rope = (cos, sin, cos, sin)
         x = self.tok_emb(idx)  # (B, T, C)
         if self.pos_emb is not None and positions is not None:
-            if int(positions.max()) >= cfg.block_size:
+            if n_positions is None:
+                n_positions = int(positions.max()) + 1
+            if n_positions > cfg.block_size:
                 raise ValueError(
-                    f"positions: {int(positions.max())} is beyond the {cfg.pos_embedding} table "
+                    f"positions: {n_positions - 1} is beyond the {cfg.pos_embedding} table "
                     f"(block_size {cfg.block_size})"
                 )
             x = x + self.pos_emb(positions)
