@@ -79,12 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from llmbook import __version__, benchmark
+    from llmbook import __version__, benchmark, profiling
     from llmbook.data.corpora import load_corpus
     from llmbook.device import environment_report
 
     quick = args.quick
-    default = [s for s in STAGES if not (quick and s in ("compiled", "speedrun"))]
+    default = [s for s in STAGES if not (quick and s in ("compiled", "speedrun", "gpu"))]
     unknown = set(args.only or ()) - set(STAGES)
     if unknown:
         parser.error(f"--only: unknown stage(s) {sorted(unknown)}; choose from {list(STAGES)}")
@@ -105,18 +105,28 @@ def main(argv: list[str] | None = None) -> int:
         if stage == "training":
             r = benchmark.bench_training(repeats=3 if quick else 7, steps=5 if quick else 10)
         elif stage == "attention":
-            r = benchmark.bench_attention(
+            r = profiling.bench_attention(
                 lengths=(64,) if quick else (64, 128, 256), repeats=3 if quick else 7
             )
         elif stage == "profile":
-            r = benchmark.bench_profile(steps=3 if quick else 10)
+            r = profiling.bench_profile(steps=3 if quick else 10)
         elif stage == "compiled":
-            r = benchmark.bench_compiled(repeats=7)
+            r = profiling.bench_compiled(repeats=7)
         elif stage == "generation":
             r = benchmark.bench_generation(repeats=2 if quick else 5)
         elif stage == "tokenizer":
             text = load_corpus("tinyshakespeare").text
             r = benchmark.bench_tokenizer(text, repeats=1 if quick else 3)
+        elif stage == "gpu":
+            if torch.cuda.is_available():
+                r = benchmark.bench_gpu_mfu()
+                r["ratios"] = {
+                    f"gpu_mfu_124m_{key}": value
+                    for key, value in r["mfu"].items()
+                    if value is not None
+                }
+            else:
+                r = {"skipped": "no CUDA device in this process"}
         elif stage == "speedrun":
             r = benchmark.bench_speedrun()
         else:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from functools import partial
 
 import torch
 
@@ -82,7 +81,9 @@ def median(values: list[float]) -> float:
     return float(statistics.median(values))
 
 
-def matmul_flops(dtype: torch.dtype = torch.float32, *, n: int = 1024, repeats: int = 5) -> float:
+def matmul_flops(
+    dtype: torch.dtype = torch.float32, *, n: int = 1024, repeats: int = 5, device: str = "cpu"
+) -> float:
     """The matmul throughput this process reaches: median FLOP/s of an ``n x n`` by ``n x n`` product.
 
     This is the practical peak that training throughput is measured against (a share of it is this
@@ -91,21 +92,30 @@ def matmul_flops(dtype: torch.dtype = torch.float32, *, n: int = 1024, repeats: 
     :param dtype: the element type.
     :param n: the matrix size.
     :param repeats: timed repetitions (after one warm-up).
+    :param device: where to multiply (on CUDA, pass a larger ``n``, e.g. 8192, to fill the GPU).
     :returns: FLOP/s (2 n^3 per product).
 
     Introduced in {doc}`/book/appendix/performance`.
     """
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
-    inner = max(1, int(2e9 // (2 * n**3)))  # about 2 GFLOP per timing
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    work = 2e9 if device == "cpu" else 2e13  # FLOPs per timing: about 10 ms on either
+    inner = max(1, int(work // (2 * n**3)))
     a @ b
     times = []
     for _ in range(repeats):
+        _synchronize(device)
         start = time.perf_counter()
         for _ in range(inner):
             a @ b
+        _synchronize(device)
         times.append(time.perf_counter() - start)
     return 2 * n**3 * inner / median(times)
+
+
+def _synchronize(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def llmbook_train_step(
@@ -123,7 +133,7 @@ def llmbook_train_step(
     :param precision: ``"float32"`` or ``"bfloat16"`` (autocast).
     :param seed: seeds weights and the fixed batch.
     :param compile: run the model through :func:`torch.compile` (the first step compiles).
-    :returns: a function that runs one step and returns its loss.
+    :returns: a function that runs one step and returns its loss; its ``model`` attribute is the model.
     """
     from llmbook.model.gpt import GPT
     from llmbook.train.loop import autocast
@@ -144,6 +154,7 @@ def llmbook_train_step(
         optimizer.step()
         return float(loss.detach())
 
+    step.model = model  # type: ignore[attr-defined]
     return step
 
 
@@ -153,7 +164,7 @@ def hf_train_step(config: ModelConfig, batch_size: int, *, seed: int = 0) -> Cal
     :param config: the llmbook config; :func:`llmbook.model.hf.hf_config_from` gives the HF one.
     :param batch_size: windows per step.
     :param seed: seeds weights and the fixed batch.
-    :returns: a function that runs one step and returns its loss.
+    :returns: a function that runs one step and returns its loss; its ``model`` attribute is the model.
     """
     from llmbook.model.gpt import GPT
     from llmbook.model.hf import to_hf
@@ -171,6 +182,7 @@ def hf_train_step(config: ModelConfig, batch_size: int, *, seed: int = 0) -> Cal
         optimizer.step()
         return float(loss.detach())
 
+    step.model = model  # type: ignore[attr-defined]
     return step
 
 
@@ -221,134 +233,89 @@ def bench_training(
     return result
 
 
-def _attention_calls(q, k, v, grad, impl: str, calls: int) -> None:
-    from llmbook.model.attention import scaled_dot_product_attention
+GPT2_124M = dict(vocab_size=50304, block_size=1024, n_layer=12, n_head=12, n_embd=768, dropout=0.0)
+"""GPT-2 small (124M parameters; the vocabulary padded to a multiple of 64 as nanoGPT does)."""
 
-    for _ in range(calls):
-        scaled_dot_product_attention(q, k, v, causal=True, impl=impl).backward(grad)
+DATASHEET_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}
+"""Dense bf16 tensor-core peaks from NVIDIA's data sheets (SXM parts), keyed by a name fragment."""
 
 
-def bench_attention(
-    *, lengths: tuple[int, ...] = (64, 256), repeats: int = 5, batch_size: int = NANOGPT_CPU_BATCH
+def bench_gpu_mfu(
+    *,
+    device: str = "cuda",
+    config: ModelConfig | None = None,
+    batch_size: int = 16,
+    steps: int = 20,
+    warmup: int = 3,
+    compile: bool = True,
 ) -> dict:
-    """Causal attention forward and backward: the fused kernel against the written-out path.
+    """Training MFU of a 124M-parameter GPT-2 in bf16 autocast, with :func:`torch.compile` and the
+    fused (flash) attention kernel: the GPU target of the Performance appendix.
 
-    Shapes follow the nanoGPT configuration (4 heads of width 32, batch 12) at each context length, in
-    float32 and in bfloat16. This is the measurement behind ``attn_impl="auto"``
-    (:func:`llmbook.model.attention.resolve_attn_impl`).
+    MFU is reported twice: against the data-sheet bf16 peak of the device (the usual definition, when
+    the device is in :data:`DATASHEET_BF16_FLOPS`) and against a bf16 matmul measured in the same run.
+    On a CPU it runs too (with a small ``config``), which is how the tests exercise it.
 
-    :param lengths: context lengths T.
-    :param repeats: interleaved rounds.
-    :param batch_size: sequences per call.
-    :returns: ``rows`` (one per length and dtype: milliseconds per call of each path and the path
-        ``"auto"`` picks) and ``ratios`` (fused time / reference time; above 1: the written-out path
-        is faster).
-
-    Introduced in {doc}`/book/appendix/performance`.
-    """
-    from llmbook.model.attention import resolve_attn_impl
-
-    n_head, head_dim = NANOGPT_CPU["n_head"], NANOGPT_CPU["n_embd"] // NANOGPT_CPU["n_head"]
-    rows, ratios = [], {}
-    generator = torch.Generator().manual_seed(0)
-    for T in lengths:
-        inner = max(1, 256 // T)  # about the same work per timing at every length
-        for dtype in (torch.float32, torch.bfloat16):
-            shape = (batch_size, n_head, T, head_dim)
-            q, k, v = (
-                torch.randn(shape, generator=generator).to(dtype).requires_grad_() for _ in range(3)
-            )
-            grad = torch.randn(shape, generator=generator).to(dtype)
-            fns = {
-                impl: partial(_attention_calls, q, k, v, grad, impl, inner)
-                for impl in ("fused", "reference")
-            }
-            for fn in fns.values():
-                fn()
-            times = interleaved(fns, repeats)
-            ms = {impl: 1e3 * median(t) / inner for impl, t in times.items()}
-            name = "fp32" if dtype == torch.float32 else "bf16"
-            rows.append(
-                {
-                    "T": T,
-                    "dtype": name,
-                    "fused_ms": ms["fused"],
-                    "reference_ms": ms["reference"],
-                    "auto": resolve_attn_impl("auto", q, T),
-                }
-            )
-            ratios[f"attn_{name}_T{T}_reference_vs_fused"] = ms["fused"] / ms["reference"]
-    return {"rows": rows, "ratios": ratios}
-
-
-def bench_profile(*, steps: int = 5, batch_size: int = NANOGPT_CPU_BATCH) -> dict:
-    """Where a training step's time goes: the Llama-style step split by :mod:`llmbook.profiling`.
-
-    Profiles llmbook in fp32 and bf16 autocast and ``transformers``' ``LlamaForCausalLM`` in fp32 at
-    nanoGPT's CPU configuration, each split into matmul, attention kernel, optimizer and other time.
-
-    :param steps: profiled steps per contender.
-    :param batch_size: windows per step.
-    :returns: ``ms_per_step``: contender to category to milliseconds (profiler clock).
+    :param device: ``"cuda"`` or ``"cpu"``.
+    :param config: the model (default: GPT-2 style at :data:`GPT2_124M`, fused attention).
+    :param batch_size: sequences per step.
+    :param steps: timed steps (after ``warmup`` steps, which include compilation).
+    :param warmup: untimed steps first.
+    :param compile: compile the model.
+    :returns: tokens/s, FLOPs per token, peaks, MFU shares and the device name.
 
     Introduced in {doc}`/book/appendix/performance`.
     """
-    from llmbook.profiling import time_by_category
+    from llmbook.model.counting import count_parameters
+    from llmbook.model.gpt import GPT
+    from llmbook.train.loop import autocast
+    from llmbook.train.optim import build_optimizer
 
-    cfg = llama_style()
-    fns = {
-        "llmbook_llama_fp32": llmbook_train_step(cfg, batch_size),
-        "llmbook_llama_bf16": llmbook_train_step(cfg, batch_size, precision="bfloat16"),
-        "hf_llama_fp32": hf_train_step(cfg, batch_size),
-    }
-    return {"ms_per_step": {name: time_by_category(fn, steps=steps) for name, fn in fns.items()}}
+    cfg = config or gpt2_style(**GPT2_124M, attn_impl="fused")
+    torch.manual_seed(0)
+    model = GPT(cfg).to(device)
+    optimizer = build_optimizer(model, lr=1e-4, weight_decay=0.1)
+    forward = torch.compile(model) if compile else model
+    x = torch.randint(0, cfg.vocab_size, (batch_size, cfg.block_size + 1), device=device)
 
+    def step() -> None:
+        with autocast("bfloat16", torch.device(device).type):
+            _, loss = forward(x[:, :-1], x[:, 1:])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
 
-def bench_compiled(
-    *, repeats: int = 5, steps: int = 10, batch_size: int = NANOGPT_CPU_BATCH
-) -> dict:
-    """What :func:`torch.compile` adds to the eager Llama-style step on this machine.
-
-    Eager and compiled steps (fp32 and bf16 autocast) run interleaved after compilation; the compile
-    time of each is reported separately. The book's targets are for eager code; this is the reference
-    point for how much of the gap to the matmul peak is operator overhead that fusion removes.
-
-    :param repeats: interleaved rounds.
-    :param steps: steps per timing.
-    :param batch_size: windows per step.
-    :returns: tokens/s, compile seconds, MFU shares and ``ratios`` (compiled / eager).
-
-    Introduced in {doc}`/book/appendix/performance`.
-    """
-    cfg = llama_style()
-    fns, compile_seconds = {}, {}
-    for precision, name in (("float32", "fp32"), ("bfloat16", "bf16")):
-        fns[f"eager_{name}"] = llmbook_train_step(cfg, batch_size, precision=precision)
-        fns[f"compiled_{name}"] = llmbook_train_step(
-            cfg, batch_size, precision=precision, compile=True
-        )
+    start = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    _synchronize(device)
+    warmup_seconds = time.perf_counter() - start
+    times = []
+    for _ in range(steps):
         start = time.perf_counter()
-        fns[f"compiled_{name}"]()
-        compile_seconds[name] = time.perf_counter() - start
-    for fn in fns.values():
-        fn()
-
-    def run(fn):
-        return lambda: [fn() for _ in range(steps)]
-
-    times = interleaved({name: run(fn) for name, fn in fns.items()}, repeats)
-    tokens = steps * batch_size * cfg.block_size
-    tps = {name: tokens / median(t) for name, t in times.items()}
-    peak = {"fp32": matmul_flops(torch.float32), "bf16": matmul_flops(torch.bfloat16)}
-    fpt = flops_per_token(cfg)
+        step()
+        _synchronize(device)
+        times.append(time.perf_counter() - start)
+    T = cfg.block_size
+    tokens_per_second = batch_size * T / median(times)
+    fpt = flops_per_token(cfg, seq_len=T)
+    on_cuda = torch.device(device).type == "cuda"
+    name = torch.cuda.get_device_name(device) if on_cuda else "cpu"
+    measured = matmul_flops(torch.bfloat16, n=8192 if on_cuda else 1024, device=device)
+    sheet = next((v for k, v in DATASHEET_BF16_FLOPS.items() if k in name), None)
     return {
-        "tokens_per_second": tps,
-        "compile_seconds": compile_seconds,
-        "matmul_peak_flops": peak,
-        "mfu": {name: fpt * value / peak[name.split("_")[1]] for name, value in tps.items()},
-        "ratios": {
-            f"compiled_vs_eager_{p}": tps[f"compiled_{p}"] / tps[f"eager_{p}"]
-            for p in ("fp32", "bf16")
+        "device_name": name,
+        "parameters": count_parameters(cfg),
+        "batch_size": batch_size,
+        "seq_len": T,
+        "compiled": compile,
+        "warmup_seconds": warmup_seconds,
+        "tokens_per_second": tokens_per_second,
+        "flops_per_token": fpt,
+        "bf16_peak_flops": {"measured_matmul": measured, "datasheet": sheet},
+        "mfu": {
+            "vs_measured_matmul": fpt * tokens_per_second / measured,
+            "vs_datasheet": None if sheet is None else fpt * tokens_per_second / sheet,
         },
     }
 

@@ -1,10 +1,30 @@
-"""Profiling one training step with :mod:`torch.profiler`."""
+"""Where the time goes: profiling a training step, and the benchmarks that explain llmbook's speed.
+
+:mod:`llmbook.benchmark` measures llmbook against reference implementations; this module holds the
+measurements behind its design choices: the attention kernel per dtype, the split of a step's time
+into matmuls and the rest, and what :func:`torch.compile` would add.
+"""
 
 from __future__ import annotations
+
+import time
+from functools import partial
 
 import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
+
+from llmbook.benchmark import (
+    NANOGPT_CPU,
+    NANOGPT_CPU_BATCH,
+    hf_train_step,
+    interleaved,
+    llama_style,
+    llmbook_train_step,
+    matmul_flops,
+    median,
+)
+from llmbook.model.counting import flops_per_token
 
 
 def profile_step(
@@ -91,3 +111,133 @@ def time_by_category(fn, *, steps: int = 5, warmup: int = 2) -> dict[str, float]
         out[op_category(event.key)] += event.self_cpu_time_total / 1e3 / steps
     out["total"] = sum(out.values())
     return out
+
+
+def _attention_calls(q, k, v, grad, impl: str, calls: int) -> None:
+    from llmbook.model.attention import scaled_dot_product_attention
+
+    for _ in range(calls):
+        scaled_dot_product_attention(q, k, v, causal=True, impl=impl).backward(grad)
+
+
+def bench_attention(
+    *, lengths: tuple[int, ...] = (64, 256), repeats: int = 5, batch_size: int = NANOGPT_CPU_BATCH
+) -> dict:
+    """Causal attention forward and backward: the fused kernel against the written-out path.
+
+    Shapes follow the nanoGPT configuration (4 heads of width 32, batch 12) at each context length, in
+    float32 and in bfloat16. This is the measurement behind ``attn_impl="auto"``
+    (:func:`llmbook.model.attention.resolve_attn_impl`).
+
+    :param lengths: context lengths T.
+    :param repeats: interleaved rounds.
+    :param batch_size: sequences per call.
+    :returns: ``rows`` (one per length and dtype: milliseconds per call of each path and the path
+        ``"auto"`` picks) and ``ratios`` (fused time / reference time; above 1: the written-out path
+        is faster).
+
+    Introduced in {doc}`/book/appendix/performance`.
+    """
+    from llmbook.model.attention import resolve_attn_impl
+
+    n_head, head_dim = NANOGPT_CPU["n_head"], NANOGPT_CPU["n_embd"] // NANOGPT_CPU["n_head"]
+    rows, ratios = [], {}
+    generator = torch.Generator().manual_seed(0)
+    for T in lengths:
+        inner = max(1, 256 // T)  # about the same work per timing at every length
+        for dtype in (torch.float32, torch.bfloat16):
+            shape = (batch_size, n_head, T, head_dim)
+            q, k, v = (
+                torch.randn(shape, generator=generator).to(dtype).requires_grad_() for _ in range(3)
+            )
+            grad = torch.randn(shape, generator=generator).to(dtype)
+            fns = {
+                impl: partial(_attention_calls, q, k, v, grad, impl, inner)
+                for impl in ("fused", "reference")
+            }
+            for fn in fns.values():
+                fn()
+            times = interleaved(fns, repeats)
+            ms = {impl: 1e3 * median(t) / inner for impl, t in times.items()}
+            name = "fp32" if dtype == torch.float32 else "bf16"
+            rows.append(
+                {
+                    "T": T,
+                    "dtype": name,
+                    "fused_ms": ms["fused"],
+                    "reference_ms": ms["reference"],
+                    "auto": resolve_attn_impl("auto", q, T),
+                }
+            )
+            ratios[f"attn_{name}_T{T}_reference_vs_fused"] = ms["fused"] / ms["reference"]
+    return {"rows": rows, "ratios": ratios}
+
+
+def bench_profile(*, steps: int = 5, batch_size: int = NANOGPT_CPU_BATCH) -> dict:
+    """Where a training step's time goes: the Llama-style step split by :mod:`llmbook.profiling`.
+
+    Profiles llmbook in fp32 and bf16 autocast and ``transformers``' ``LlamaForCausalLM`` in fp32 at
+    nanoGPT's CPU configuration, each split into matmul, attention kernel, optimizer and other time.
+
+    :param steps: profiled steps per contender.
+    :param batch_size: windows per step.
+    :returns: ``ms_per_step``: contender to category to milliseconds (profiler clock).
+
+    Introduced in {doc}`/book/appendix/performance`.
+    """
+    cfg = llama_style()
+    fns = {
+        "llmbook_llama_fp32": llmbook_train_step(cfg, batch_size),
+        "llmbook_llama_bf16": llmbook_train_step(cfg, batch_size, precision="bfloat16"),
+        "hf_llama_fp32": hf_train_step(cfg, batch_size),
+    }
+    return {"ms_per_step": {name: time_by_category(fn, steps=steps) for name, fn in fns.items()}}
+
+
+def bench_compiled(
+    *, repeats: int = 5, steps: int = 10, batch_size: int = NANOGPT_CPU_BATCH
+) -> dict:
+    """What :func:`torch.compile` adds to the eager Llama-style step on this machine.
+
+    Eager and compiled steps (fp32 and bf16 autocast) run interleaved after compilation; the compile
+    time of each is reported separately. The book's targets are for eager code; this is the reference
+    point for how much of the gap to the matmul peak is operator overhead that fusion removes.
+
+    :param repeats: interleaved rounds.
+    :param steps: steps per timing.
+    :param batch_size: windows per step.
+    :returns: tokens/s, compile seconds, MFU shares and ``ratios`` (compiled / eager).
+
+    Introduced in {doc}`/book/appendix/performance`.
+    """
+    cfg = llama_style()
+    fns, compile_seconds = {}, {}
+    for precision, name in (("float32", "fp32"), ("bfloat16", "bf16")):
+        fns[f"eager_{name}"] = llmbook_train_step(cfg, batch_size, precision=precision)
+        fns[f"compiled_{name}"] = llmbook_train_step(
+            cfg, batch_size, precision=precision, compile=True
+        )
+        start = time.perf_counter()
+        fns[f"compiled_{name}"]()
+        compile_seconds[name] = time.perf_counter() - start
+    for fn in fns.values():
+        fn()
+
+    def run(fn):
+        return lambda: [fn() for _ in range(steps)]
+
+    times = interleaved({name: run(fn) for name, fn in fns.items()}, repeats)
+    tokens = steps * batch_size * cfg.block_size
+    tps = {name: tokens / median(t) for name, t in times.items()}
+    peak = {"fp32": matmul_flops(torch.float32), "bf16": matmul_flops(torch.bfloat16)}
+    fpt = flops_per_token(cfg)
+    return {
+        "tokens_per_second": tps,
+        "compile_seconds": compile_seconds,
+        "matmul_peak_flops": peak,
+        "mfu": {name: fpt * value / peak[name.split("_")[1]] for name, value in tps.items()},
+        "ratios": {
+            f"compiled_vs_eager_{p}": tps[f"compiled_{p}"] / tps[f"eager_{p}"]
+            for p in ("fp32", "bf16")
+        },
+    }
