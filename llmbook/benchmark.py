@@ -81,36 +81,67 @@ def median(values: list[float]) -> float:
     return float(statistics.median(values))
 
 
+def matmul_workload(
+    dtype: torch.dtype = torch.float32,
+    *,
+    n: int = 1024,
+    device: str = "cpu",
+    work: float | None = None,
+) -> tuple[Callable[[], None], float]:
+    """A unit of pure matmul work to time: ``n x n`` by ``n x n`` products, repeated.
+
+    Timed among other contenders by :func:`interleaved`, it measures the matmul peak under the same
+    conditions as they run, so a slow minute lowers the peak and the contenders alike.
+
+    :param dtype: the element type.
+    :param n: the matrix size.
+    :param device: where to multiply (on CUDA, pass a larger ``n``, e.g. 8192, to fill the GPU).
+    :param work: FLOPs per call (default: about 10 ms of work, 2e9 on a CPU, 2e13 on a GPU).
+    :returns: ``(run, flops)``: a function of no arguments (it waits for the device) and the FLOPs
+        one call performs (2 n^3 per product).
+
+    Introduced in {doc}`/book/appendix/performance`.
+    """
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    if work is None:
+        work = 2e9 if torch.device(device).type == "cpu" else 2e13
+    inner = max(1, int(work // (2 * n**3)))
+    a @ b  # warm-up
+
+    def run() -> None:
+        for _ in range(inner):
+            a @ b
+        _synchronize(device)
+
+    return run, 2.0 * n**3 * inner
+
+
 def matmul_flops(
     dtype: torch.dtype = torch.float32, *, n: int = 1024, repeats: int = 5, device: str = "cpu"
 ) -> float:
     """The matmul throughput this process reaches: median FLOP/s of an ``n x n`` by ``n x n`` product.
 
     This is the practical peak that training throughput is measured against (a share of it is this
-    machine's "MFU"); it is measured, not taken from a data sheet.
+    machine's "MFU"); it is measured, not taken from a data sheet. Benchmarks that compare against it
+    time a :func:`matmul_workload` among their contenders instead, in the same rounds.
 
     :param dtype: the element type.
     :param n: the matrix size.
     :param repeats: timed repetitions (after one warm-up).
     :param device: where to multiply (on CUDA, pass a larger ``n``, e.g. 8192, to fill the GPU).
-    :returns: FLOP/s (2 n^3 per product).
+    :returns: FLOP/s.
 
     Introduced in {doc}`/book/appendix/performance`.
     """
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    work = 2e9 if device == "cpu" else 2e13  # FLOPs per timing: about 10 ms on either
-    inner = max(1, int(work // (2 * n**3)))
-    a @ b
+    run, flops = matmul_workload(dtype, n=n, device=device)
+    _synchronize(device)
     times = []
     for _ in range(repeats):
-        _synchronize(device)
         start = time.perf_counter()
-        for _ in range(inner):
-            a @ b
-        _synchronize(device)
+        run()
         times.append(time.perf_counter() - start)
-    return 2 * n**3 * inner / median(times)
+    return flops / median(times)
 
 
 def _synchronize(device: str) -> None:
@@ -193,8 +224,8 @@ def bench_training(
 
     Contenders, each timed for ``steps`` steps per round: llmbook GPT-2-style and Llama-style in fp32,
     the same in bf16 autocast, and HF ``GPT2LMHeadModel`` / ``LlamaForCausalLM`` in fp32. Achieved FLOP/s
-    uses :func:`llmbook.model.counting.flops_per_token` and is reported as a share of
-    :func:`matmul_flops` measured in the same run.
+    uses :func:`llmbook.model.counting.flops_per_token` and is reported as a share of the matmul peak,
+    timed as a :func:`matmul_workload` in the same interleaved rounds.
 
     :param repeats: interleaved rounds.
     :param steps: training steps per timing.
@@ -215,10 +246,14 @@ def bench_training(
     def run(fn):
         return lambda: [fn() for _ in range(steps)]
 
-    times = interleaved({name: run(fn) for name, fn in fns.items()}, repeats)
+    timed = {name: run(fn) for name, fn in fns.items()}
+    peak_flops = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        timed[f"matmul_{name}"], peak_flops[name] = matmul_workload(dtype, work=1e10)
+    times = interleaved(timed, repeats)
+    peak = {name: flops / median(times.pop(f"matmul_{name}")) for name, flops in peak_flops.items()}
     tokens = steps * batch_size * NANOGPT_CPU["block_size"]
     tps = {name: tokens / median(t) for name, t in times.items()}
-    peak = {"fp32": matmul_flops(torch.float32), "bf16": matmul_flops(torch.bfloat16)}
     result: dict = {"tokens_per_second": tps, "matmul_peak_flops": peak, "ratios": {}, "mfu": {}}
     for style, cfg in configs.items():
         fpt = flops_per_token(cfg)

@@ -21,7 +21,7 @@ from llmbook.benchmark import (
     interleaved,
     llama_style,
     llmbook_train_step,
-    matmul_flops,
+    matmul_workload,
     median,
 )
 from llmbook.model.counting import flops_per_token
@@ -226,10 +226,14 @@ def bench_compiled(
     def run(fn):
         return lambda: [fn() for _ in range(steps)]
 
-    times = interleaved({name: run(fn) for name, fn in fns.items()}, repeats)
+    timed = {name: run(fn) for name, fn in fns.items()}
+    peak_flops = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        timed[f"matmul_{name}"], peak_flops[name] = matmul_workload(dtype, work=1e10)
+    times = interleaved(timed, repeats)
+    peak = {name: flops / median(times.pop(f"matmul_{name}")) for name, flops in peak_flops.items()}
     tokens = steps * batch_size * cfg.block_size
     tps = {name: tokens / median(t) for name, t in times.items()}
-    peak = {"fp32": matmul_flops(torch.float32), "bf16": matmul_flops(torch.bfloat16)}
     fpt = flops_per_token(cfg)
     return {
         "tokens_per_second": tps,
