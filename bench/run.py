@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             r = benchmark.bench_training(repeats=3 if quick else 7, steps=5 if quick else 10)
         elif stage == "attention":
             r = profiling.bench_attention(
-                lengths=(64,) if quick else (64, 128, 256), repeats=3 if quick else 7
+                lengths=(64,) if quick else (64, 128, 256, 512), repeats=3 if quick else 7
             )
         elif stage == "profile":
             r = profiling.bench_profile(steps=3 if quick else 10)
