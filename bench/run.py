@@ -57,9 +57,11 @@ STAGES = (
     "tokenizer",
     "compiled",
     "speedrun",
+    "gpu",
     "book",
 )
-"""Every stage, in running order; ``--quick`` leaves out ``compiled`` and ``speedrun``."""
+"""Every stage, in running order; ``--quick`` leaves out ``compiled``, ``speedrun`` and ``gpu``, and
+``gpu`` records why it was skipped when no CUDA device is present."""
 
 
 def main(argv: list[str] | None = None) -> int:

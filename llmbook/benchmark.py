@@ -10,6 +10,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
@@ -217,6 +218,39 @@ def hf_train_step(config: ModelConfig, batch_size: int, *, seed: int = 0) -> Cal
     return step
 
 
+def time_steps_and_peak(
+    fns: dict[str, Callable[[], object]], *, tokens_per_step: int, repeats: int, steps: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Time training steps and the matmul peak in the same interleaved rounds.
+
+    Each round runs every step function ``steps`` times, and an fp32 and a bf16
+    :func:`matmul_workload`; their medians give tokens/s and the peak FLOP/s under the same conditions.
+
+    :param fns: contender name to a function that runs one training step.
+    :param tokens_per_step: tokens one step processes.
+    :param repeats: interleaved rounds.
+    :param steps: steps per timing.
+    :returns: ``(tokens/s per contender, peak FLOP/s per dtype name "fp32"/"bf16")``.
+
+    Introduced in {doc}`/book/appendix/performance`.
+    """
+    timed: dict[str, Callable[[], object]] = {
+        name: partial(_repeat, fn, steps) for name, fn in fns.items()
+    }
+    peak_flops = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        timed[f"matmul_{name}"], peak_flops[name] = matmul_workload(dtype, work=1e10)
+    times = interleaved(timed, repeats)
+    peak = {name: flops / median(times.pop(f"matmul_{name}")) for name, flops in peak_flops.items()}
+    tps = {name: steps * tokens_per_step / median(t) for name, t in times.items()}
+    return tps, peak
+
+
+def _repeat(fn: Callable[[], object], times: int) -> None:
+    for _ in range(times):
+        fn()
+
+
 def bench_training(
     *, repeats: int = 5, steps: int = 10, batch_size: int = NANOGPT_CPU_BATCH
 ) -> dict:
@@ -242,18 +276,8 @@ def bench_training(
         fns[f"hf_{style}_fp32"] = hf_train_step(cfg, batch_size)
     for fn in fns.values():  # warm-up: allocator, kernel selection
         fn()
-
-    def run(fn):
-        return lambda: [fn() for _ in range(steps)]
-
-    timed = {name: run(fn) for name, fn in fns.items()}
-    peak_flops = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        timed[f"matmul_{name}"], peak_flops[name] = matmul_workload(dtype, work=1e10)
-    times = interleaved(timed, repeats)
-    peak = {name: flops / median(times.pop(f"matmul_{name}")) for name, flops in peak_flops.items()}
-    tokens = steps * batch_size * NANOGPT_CPU["block_size"]
-    tps = {name: tokens / median(t) for name, t in times.items()}
+    tokens = batch_size * NANOGPT_CPU["block_size"]
+    tps, peak = time_steps_and_peak(fns, tokens_per_step=tokens, repeats=repeats, steps=steps)
     result: dict = {"tokens_per_second": tps, "matmul_peak_flops": peak, "ratios": {}, "mfu": {}}
     for style, cfg in configs.items():
         fpt = flops_per_token(cfg)

@@ -21,8 +21,8 @@ from llmbook.benchmark import (
     interleaved,
     llama_style,
     llmbook_train_step,
-    matmul_workload,
     median,
+    time_steps_and_peak,
 )
 from llmbook.model.counting import flops_per_token
 
@@ -222,18 +222,8 @@ def bench_compiled(
         compile_seconds[name] = time.perf_counter() - start
     for fn in fns.values():
         fn()
-
-    def run(fn):
-        return lambda: [fn() for _ in range(steps)]
-
-    timed = {name: run(fn) for name, fn in fns.items()}
-    peak_flops = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        timed[f"matmul_{name}"], peak_flops[name] = matmul_workload(dtype, work=1e10)
-    times = interleaved(timed, repeats)
-    peak = {name: flops / median(times.pop(f"matmul_{name}")) for name, flops in peak_flops.items()}
-    tokens = steps * batch_size * cfg.block_size
-    tps = {name: tokens / median(t) for name, t in times.items()}
+    tokens = batch_size * cfg.block_size
+    tps, peak = time_steps_and_peak(fns, tokens_per_step=tokens, repeats=repeats, steps=steps)
     fpt = flops_per_token(cfg)
     return {
         "tokens_per_second": tps,
