@@ -67,7 +67,7 @@ STAGES = (
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--quick", action="store_true", help="fewer repetitions, no compile or speedrun stage"
+        "--quick", action="store_true", help="fewer repetitions; no compile, speedrun or gpu stage"
     )
     parser.add_argument("--out", type=Path, default=None, help="write all results as JSON here")
     parser.add_argument(

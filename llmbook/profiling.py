@@ -144,7 +144,7 @@ def bench_attention(
     rows, ratios = [], {}
     generator = torch.Generator().manual_seed(0)
     for T in lengths:
-        inner = max(1, 256 // T)  # about the same work per timing at every length
+        inner = max(1, 256 // T)  # about as many query positions per timing at every length
         for dtype in (torch.float32, torch.bfloat16):
             shape = (batch_size, n_head, T, head_dim)
             q, k, v = (
