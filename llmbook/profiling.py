@@ -18,13 +18,11 @@ from llmbook.benchmark import (
     NANOGPT_CPU,
     NANOGPT_CPU_BATCH,
     hf_train_step,
-    interleaved,
     llama_style,
     llmbook_train_step,
-    median,
-    time_steps_and_peak,
 )
 from llmbook.model.counting import flops_per_token
+from llmbook.timing import interleaved, median, time_steps_and_peak
 
 
 def profile_step(

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from llmbook import benchmark, profiling
+from llmbook import benchmark, profiling, timing
 from llmbook.model.attention import resolve_attn_impl
 from llmbook.model.counting import count_parameters, flops_per_token
 from tests.book.chapters import ROOT
@@ -17,15 +17,15 @@ from tests.book.chapters import ROOT
 def test_interleaved_rotates_the_order_and_times_every_contender_each_round():
     calls = []
     fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
-    times = benchmark.interleaved(fns, repeats=4)
+    times = timing.interleaved(fns, repeats=4)
     assert calls == list("abcbcacababc")
     assert {k: len(v) for k, v in times.items()} == {"a": 4, "b": 4, "c": 4}
     assert all(t >= 0 for v in times.values() for t in v)
 
 
 def test_median():
-    assert benchmark.median([3.0, 1.0, 2.0]) == 2.0
-    assert benchmark.median([4.0, 1.0, 2.0, 3.0]) == 2.5
+    assert timing.median([3.0, 1.0, 2.0]) == 2.0
+    assert timing.median([4.0, 1.0, 2.0, 3.0]) == 2.5
 
 
 def test_train_steps_build_the_same_model_for_llmbook_and_transformers():
