@@ -76,16 +76,11 @@ def llmbook_train_step(
     y = torch.randint(0, config.vocab_size, (batch_size, config.block_size))
     forward = torch.compile(model) if compile else model
 
-    def step() -> float:
+    def loss() -> torch.Tensor:
         with autocast(precision, "cpu"):
-            _, loss = forward(x, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return float(loss.detach())
+            return forward(x, y).loss
 
-    step.model = model  # type: ignore[attr-defined]
-    return step
+    return _training_step(model, optimizer, loss)
 
 
 def hf_train_step(config: ModelConfig, batch_size: int, *, seed: int = 0) -> Callable[[], float]:
@@ -104,9 +99,14 @@ def hf_train_step(config: ModelConfig, batch_size: int, *, seed: int = 0) -> Cal
     # the same fused AdamW as llmbook, so that the comparison is of the models
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=True)
     x = torch.randint(0, config.vocab_size, (batch_size, config.block_size))
+    return _training_step(model, optimizer, lambda: model(input_ids=x, labels=x).loss)
+
+
+def _training_step(model, optimizer, loss_fn: Callable[[], torch.Tensor]) -> Callable[[], float]:
+    """One step as a closure: the loss, its backward pass, and the optimizer; ``.model`` is kept."""
 
     def step() -> float:
-        loss = model(input_ids=x, labels=x).loss
+        loss = loss_fn()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -13,7 +13,7 @@ from pathlib import Path
 import regex
 import torch
 
-from llmbook.tokenizer.byte import DEFAULT_SPECIALS, SPECIAL_POLICIES, SpecialTokens
+from llmbook.tokenizer.byte import DEFAULT_SPECIALS, SpecialTokens
 
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 """GPT-2's pre-tokenization regex: English contractions, runs of letters, of digits and of other
@@ -228,14 +228,7 @@ class BPETokenizer(SpecialTokens):
                     f"(ids must be in 0..{N_BYTES + k - 1})"
                 )
             checked.append((pair[0], pair[1]))
-        specials = tuple(specials)
-        if len(set(specials)) != len(specials):
-            raise ValueError(f"specials: duplicate special tokens in {specials}")
-        for tok in specials:
-            if not isinstance(tok, str) or not tok:
-                raise ValueError(
-                    f"specials: each special token must be a non-empty string, got {tok!r}"
-                )
+        specials = self._checked_specials(specials)
         if not isinstance(pattern, str):
             raise ValueError(f"pattern: must be a regex string, got {pattern!r}")
         self.merges = checked
@@ -390,10 +383,7 @@ class BPETokenizer(SpecialTokens):
         :returns: the bytes.
         :raises ValueError: on an id outside the vocabulary, or a special id under ``"error"``.
         """
-        if specials not in SPECIAL_POLICIES:
-            raise ValueError(f"specials: must be one of {SPECIAL_POLICIES}, got {specials!r}")
-        if isinstance(ids, torch.Tensor):
-            ids = ids.tolist()
+        ids = self._ids_to_decode(ids, specials)
         vocab, n_vocab = self.vocab, len(self.vocab)
         parts = []
         for i in ids:

@@ -23,6 +23,26 @@ class SpecialTokens:
 
     special_ids: dict[str, int]
 
+    @staticmethod
+    def _checked_specials(specials: Sequence[str]) -> tuple[str, ...]:
+        """The special tokens as a tuple, after checking they are distinct, non-empty strings."""
+        specials = tuple(specials)
+        if len(set(specials)) != len(specials):
+            raise ValueError(f"specials: duplicate special tokens in {specials}")
+        for tok in specials:
+            if not isinstance(tok, str) or not tok:
+                raise ValueError(
+                    f"specials: each special token must be a non-empty string, got {tok!r}"
+                )
+        return specials
+
+    @staticmethod
+    def _ids_to_decode(ids: Iterable[int] | torch.Tensor, specials: str) -> Iterable[int]:
+        """Check a decode's ``specials`` policy and turn a tensor of ids into a list."""
+        if specials not in SPECIAL_POLICIES:
+            raise ValueError(f"specials: must be one of {SPECIAL_POLICIES}, got {specials!r}")
+        return ids.tolist() if isinstance(ids, torch.Tensor) else ids
+
     def _special(self, token: str) -> int:
         try:
             return self.special_ids[token]
@@ -67,16 +87,8 @@ class ByteTokenizer(SpecialTokens):
     n_bytes = 256
 
     def __init__(self, specials: Sequence[str] = DEFAULT_SPECIALS) -> None:
-        specials = tuple(specials)
-        if len(set(specials)) != len(specials):
-            raise ValueError(f"specials: duplicate special tokens in {specials}")
-        for tok in specials:
-            if not isinstance(tok, str) or not tok:
-                raise ValueError(
-                    f"specials: each special token must be a non-empty string, got {tok!r}"
-                )
-        self.specials = specials
-        self.special_ids = {tok: self.n_bytes + i for i, tok in enumerate(specials)}
+        self.specials = self._checked_specials(specials)
+        self.special_ids = {tok: self.n_bytes + i for i, tok in enumerate(self.specials)}
 
     @property
     def vocab_size(self) -> int:
@@ -121,10 +133,7 @@ class ByteTokenizer(SpecialTokens):
         :returns: the bytes.
         :raises ValueError: on an id outside the vocabulary, or a special id under ``"error"``.
         """
-        if specials not in SPECIAL_POLICIES:
-            raise ValueError(f"specials: must be one of {SPECIAL_POLICIES}, got {specials!r}")
-        if isinstance(ids, torch.Tensor):
-            ids = ids.tolist()
+        ids = self._ids_to_decode(ids, specials)
         out = bytearray()
         for i in ids:
             if 0 <= i < self.n_bytes:

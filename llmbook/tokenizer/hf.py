@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from llmbook.tokenizer.bpe import bytes_to_unicode
-from llmbook.tokenizer.byte import DEFAULT_SPECIALS, SPECIAL_POLICIES, SpecialTokens
+from llmbook.tokenizer.byte import DEFAULT_SPECIALS, SpecialTokens
 
 
 class HFTokenizer(SpecialTokens):
@@ -146,10 +146,7 @@ class HFTokenizer(SpecialTokens):
         :returns: the bytes.
         :raises ValueError: on an id outside the vocabulary, or a special id under ``"error"``.
         """
-        if specials not in SPECIAL_POLICIES:
-            raise ValueError(f"specials: must be one of {SPECIAL_POLICIES}, got {specials!r}")
-        if isinstance(ids, torch.Tensor):
-            ids = ids.tolist()
+        ids = self._ids_to_decode(ids, specials)
         parts = []
         for i in ids:
             if i in self._special_set:
