@@ -47,7 +47,8 @@ $(STAMP): pyproject.toml Makefile
 	@touch $(STAMP)
 
 # Train every zoo recipe's profile that has no checkpoint yet (LLMBOOK_PROFILE, default cpu without
-# CUDA). Chapters do this themselves on first use; CI runs it as its own stage so that its time shows.
+# CUDA), in its own step: `make book` and `make test` run it first, so that no chapter cell ever trains
+# a zoo model under the cell timeout. A chapter run by hand still trains what it needs on first use.
 zoo: venv
 	@set -o pipefail; for recipe in $$($(BIN)/python -c "from llmbook.zoo import RECIPES; print(' '.join(sorted(RECIPES)))"); do \
 	  $(BIN)/llmbook train --recipe $$recipe --if-missing --no-progress | tail -1 || exit 1; \
@@ -63,7 +64,7 @@ ifeq ($(MATHJAX),local)
 endif
 
 # -W: a warning (a failing cell included) fails the build; the execution cache is in _build/.jupyter_cache.
-book: venv mathjax
+book: venv zoo mathjax
 	LLMBOOK_MATHJAX_DIR=$(if $(filter local,$(MATHJAX)),$(MATHJAX_DIR),) \
 	  $(BIN)/jupyter-book build . -W -n --keep-going
 	@echo "The book is built: open file://$(abspath _build/html/index.html)"
@@ -73,10 +74,13 @@ book-clean: venv
 	$(BIN)/jupyter-book clean .
 	$(MAKE) book
 
-test: venv
+# Unit tests, then every chapter (into the build's execution cache), then the browser test (which builds
+# the site from that cache when it is missing, so no chapter executes twice).
+test: venv zoo
 	$(BIN)/python -m pytest
 
-# Unit tests only, without chapters and browser.
+# Unit tests only: no chapter is executed and the book is not built (the API-reference tests render
+# the API pages alone).
 test-fast: venv
 	$(BIN)/python -m pytest -m "not chapter and not browser"
 

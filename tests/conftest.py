@@ -39,3 +39,16 @@ def toy_zoo(tmp_path, monkeypatch):
     )
     monkeypatch.setitem(recipes.RECIPES, "toy", recipe)
     return tmp_path / "cache"
+
+
+def pytest_collection_modifyitems(config, items):
+    # Unit tests first, then the chapters (they fill the build's execution cache), and the browser
+    # test last: when it has to build the site, every chapter is already executed and cached.
+    def order(item):
+        if item.get_closest_marker("browser"):
+            return 2
+        if item.get_closest_marker("chapter"):
+            return 1
+        return 0
+
+    items.sort(key=order)  # stable: the order within each group is kept

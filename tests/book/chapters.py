@@ -16,7 +16,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE_DIR = ROOT / "_build" / ".jupyter_cache"
-CELL_TIMEOUT_S = 120
+# A hang guard, not the budget: the 120 s chapter budget is checked by the chapter tests on the
+# reference machine, and a slower machine (one core, a busy laptop) must still run every cell.
+# Keep equal to ``execute.timeout`` in _config.yml (a test checks).
+CELL_TIMEOUT_S = 600
 
 
 def toc_files() -> list[Path]:

@@ -1,4 +1,8 @@
-"""The built API reference lists every public llmbook object together with its docstring."""
+"""The API reference lists every public llmbook object together with its docstring.
+
+The pages are rendered by a build of the API reference alone (:mod:`tests.book.api_build`, the book's
+own autodoc2 settings), so these tests never build the book or execute a chapter.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,8 @@ import re
 
 import pytest
 
-from tests.book.chapters import ROOT
+from tests.book.api_build import build_api_reference
 from tests.test_docstrings import OBJECTS
-
-API = ROOT / "_build" / "html" / "book" / "api" / "llmbook"
 
 
 def module_of(qualname: str) -> str:
@@ -20,11 +22,9 @@ def module_of(qualname: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def pages():
-    from tests.book.test_browser import _ensure_built
-
-    _ensure_built("book/api/index.html")
-    return {p.stem: p.read_text(encoding="utf-8") for p in API.glob("*.html")}
+def pages(tmp_path_factory):
+    api = build_api_reference(tmp_path_factory.mktemp("api"))
+    return {p.stem: p.read_text(encoding="utf-8") for p in api.glob("*.html")}
 
 
 @pytest.mark.parametrize("qualname", sorted(OBJECTS))
