@@ -40,21 +40,37 @@ def evaluate(
     max_batches: int | None = None,
     bos_id: int | None = None,
 ) -> EvalResult:
-    """Loss over the whole split, in deterministic non-overlapping windows.
+    r"""Loss over the whole split, in deterministic non-overlapping windows.
 
-    :param model: a language model called as ``model(x, y)`` returning ``(logits, loss)``.
+    Bits per byte scale the mean loss per token by the split's tokens per byte:
+
+    $$\text{bpb} = \frac{\hat{\mathcal{L}}}{\ln 2}\cdot\frac{N_\text{tokens}}{N_\text{bytes}}$$
+
+    where $\hat{\mathcal{L}}$ is the mean loss over the targets evaluated and $N_\text{tokens}$,
+    $N_\text{bytes}$ count the whole of ``ids``. Over the full split this is the total loss in bits
+    divided by the bytes; under ``max_batches`` the sampled mean estimates the split's mean, and the
+    ratio stays the split's, so the estimate does not shrink with the number of batches sampled.
+
+    :param model: a language model with a ``config.block_size``, called as ``model(x)`` and returning
+        an output with ``.logits`` of shape ``(B, T, V)``.
     :param ids: the 1-D token stream of the split.
     :param block_size: window length (default: the model's ``config.block_size``).
     :param batch_size: windows per forward pass.
-    :param n_bytes: bytes of text the tokens span (default: one byte per token, the byte tokenizer).
+    :param n_bytes: bytes of text the whole of ``ids`` spans, e.g. ``len(tokenizer.decode_bytes(ids))``
+        (default: one byte per token, as with the byte tokenizer).
     :param max_batches: a quick estimate from this many batches spread evenly over the split (used
         during training); None = all.
     :param bos_id: start every window with this token (for models trained that way, see
         :func:`~llmbook.data.batching.random_batch`).
     :returns: the :class:`EvalResult`.
+    :raises ValueError: when ``n_bytes`` is not a positive integer.
 
     Introduced in {doc}`/book/part2/06-evaluation`.
     """
+    if n_bytes is not None and (
+        isinstance(n_bytes, bool) or not isinstance(n_bytes, int) or n_bytes < 1
+    ):
+        raise ValueError(f"n_bytes: must be a positive integer, got {n_bytes!r}")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -77,5 +93,7 @@ def evaluate(
         count += int((y != -100).sum())
     model.train(was_training)
     loss = total / max(count, 1)
-    bpb = bits_per_byte(loss, count, n_bytes if n_bytes is not None else count)
+    # The split's tokens per byte, not the evaluated targets' count: a subsample's mean loss stands
+    # for the whole split, and so must the byte count it is divided by.
+    bpb = bits_per_byte(loss) if n_bytes is None else bits_per_byte(loss, len(ids), n_bytes)
     return EvalResult(loss=loss, perplexity=math.exp(loss), bits_per_byte=bpb, n_tokens=count)
