@@ -32,6 +32,57 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+def available_devices() -> list[str]:
+    """The device names this machine can run on, in the order :func:`default_device` prefers them.
+
+    :returns: ``"cpu"``, then ``"cuda:0"``, ``"cuda:1"``, ... for each visible GPU, then ``"mps"``
+        where Apple's Metal backend works.
+
+    Introduced in {doc}`/book/part0/02-environment`.
+    """
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        names.append("mps")
+    return names
+
+
+def parse_device(name: str | torch.device) -> torch.device:
+    """Check a device name against what this machine has, before any work is done on it.
+
+    ``torch.device("cuda")`` succeeds on a machine without a GPU and fails only at the first tensor
+    placed there; this fails at once, with a message that lists what is available.
+
+    :param name: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"`` (or a :class:`torch.device`).
+    :returns: the :class:`torch.device`.
+    :raises ValueError: for a name torch does not know, or a device this machine does not have.
+
+    Introduced in {doc}`/book/part0/02-environment`.
+    """
+    available = available_devices()
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(
+            f"device: {str(name)!r} is not a device name (available here: {', '.join(available)})"
+        ) from None
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        index = 0 if device.index is None else device.index
+        ok = f"cuda:{index}" in available
+    else:
+        ok = device.type == "mps" and "mps" in available and device.index in (None, 0)
+    if not ok:
+        raise ValueError(
+            f"device: {str(name)!r} is not available on this machine "
+            f"(available here: {', '.join(available)})"
+        )
+    return device
+
+
 def _matmul_works(device: torch.device, dtype: torch.dtype) -> bool:
     try:
         a = torch.ones(8, 8, device=device, dtype=dtype)

@@ -97,12 +97,46 @@ def test_text_reads_back_verbatim(tmp_path):
         read_text(tmp_path, "other")
 
 
-def test_base_logger_is_a_no_op_context_manager():
-    with TrainLogger() as logger:
-        logger.log_scalars(0, {"x": 1.0})
-        logger.log_histograms(0, tiny_model())
-        logger.log_text(0, "t", "x")
-        logger.flush()
+def test_base_logger_changes_nothing_in_training():
+    # The base logger is a no-op: training with it is bit-identical to training with no logger.
+    text = torch.tensor(list(b"the quick brown fox jumps over the lazy dog. " * 30))
+    config = TrainConfig(
+        max_steps=6, batch_size=2, lr=3e-3, warmup_steps=1, eval_interval=3, eval_batches=1
+    )
+    runs = []
+    for logger in (None, TrainLogger()):
+        model = tiny_model()
+        torch.manual_seed(1)
+        history = train(model, text[:1000], text[1000:], config, progress=False, logger=logger)
+        runs.append((model.state_dict(), history.train_loss, history.val_loss))
+    (weights_a, train_a, val_a), (weights_b, train_b, val_b) = runs
+    assert train_a == train_b and val_a == val_b
+    for name, tensor in weights_a.items():
+        assert torch.equal(tensor, weights_b[name]), name
+
+
+def test_base_logger_methods_return_none_and_leave_the_model_alone():
+    model = tiny_model()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    logger = TrainLogger()
+    assert logger.log_scalars(0, {"x": 1.0}) is None
+    assert logger.log_histograms(0, model) is None
+    assert logger.log_text(0, "t", "x") is None
+    assert logger.flush() is None
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_leaving_the_with_block_closes_once_and_lets_errors_through():
+    with Recorder() as rec:
+        rec.log_text(1, "t", "x")
+    assert rec.calls == [("text", 1, "t", "x"), ("close",)]
+    rec = Recorder()
+    with pytest.raises(RuntimeError, match="diverged"):
+        with rec as entered:
+            assert entered is rec
+            raise RuntimeError("diverged")
+    assert rec.calls == [("close",)]
 
 
 class Recorder(TrainLogger):
