@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
+import functools
+import math
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -10,19 +16,86 @@ NORMS = ("layernorm", "rmsnorm", "none")
 MLPS = ("gelu", "swiglu")
 ATTN_IMPLS = ("auto", "fused", "reference")
 
+_KINDS = {bool: "True or False", int: "an integer", float: "a finite number", str: "a string"}
 
-def config_from_dict(cls: type, data: dict[str, Any]):
-    """Build any config dataclass from a dict; an unknown key raises a :class:`ValueError` naming it.
+
+@functools.cache
+def _field_kinds(cls: type) -> dict[str, tuple[type, bool]]:
+    """``{field: (kind, optional)}`` for the fields annotated with bool, int, float or str (or None)."""
+    hints = typing.get_type_hints(cls)
+    kinds = {}
+    for f in fields(cls):
+        hint = hints[f.name]
+        args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        optional = type(None) in args
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1 and rest[0] in _KINDS:
+            kinds[f.name] = (rest[0], optional)
+    return kinds
+
+
+def check_field_values(cls: type, values: Mapping[str, Any]) -> None:
+    """Check each value against its field's annotation: the type, and that floats are finite.
+
+    ``bool`` fields take only True or False; ``int`` fields take integers but not booleans (``True``
+    is an ``int`` in Python, and a flag passed for a size is a mistake); ``float`` fields take ints or
+    floats that are finite, because NaN slips past every range check (``nan <= 0`` is False) and
+    infinity is never a meaningful size, rate or coefficient; ``str`` fields take strings. ``X | None``
+    also takes None. Fields with other annotations are left to the class's own checks.
+
+    :param cls: a dataclass whose annotations say what each field holds.
+    :param values: field names mapped to values (names that are not fields are ignored).
+    :raises ValueError: one line that starts with the field name, e.g.
+        ``norm_eps: must be a finite number, got nan``.
+
+    Introduced in {doc}`/book/part1/07-gpt-model`.
+    """
+    for name, (kind, optional) in _field_kinds(cls).items():
+        if name not in values:
+            continue
+        value = values[name]
+        if value is None and optional:
+            continue
+        if kind is bool:
+            ok = isinstance(value, bool)
+        elif kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif kind is float:
+            ok = (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+            )
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            raise ValueError(
+                f"{name}: must be {_KINDS[kind]}{' or None' if optional else ''}, got {value!r}"
+            )
+
+
+def config_from_dict(cls: type, data: Mapping[str, Any]):
+    """Build any config dataclass from a dict; an unknown key or a wrong type raises a
+    :class:`ValueError` naming the field.
 
     :param cls: the dataclass (e.g. :class:`ModelConfig` or :class:`~llmbook.train.loop.TrainConfig`).
     :param data: field names mapped to values.
     :returns: the validated config.
-    :raises ValueError: when a key is not a field of ``cls``, or a value is invalid.
+    :raises ValueError: when ``data`` is not a mapping, a key is not a field of ``cls``, or a value
+        is invalid (see :func:`check_field_values` and the class's own checks).
     """
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
+    if not isinstance(data, Mapping):
+        raise ValueError(
+            f"{cls.__name__}: expected a mapping of field names to values, got {type(data).__name__}"
+        )
+    known = [f.name for f in fields(cls)]
+    unknown = sorted((k for k in data if k not in known), key=repr)
     if unknown:
-        raise ValueError(f"{unknown[0]}: not a {cls.__name__} field (known: {sorted(known)})")
+        key = unknown[0]
+        close = difflib.get_close_matches(str(key), known, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"known: {sorted(known)}"
+        raise ValueError(f"{key}: not a {cls.__name__} field ({hint})")
+    check_field_values(cls, data)
     return cls(**data)
 
 
@@ -31,8 +104,9 @@ class ModelConfig:
     """Shape and switches of a decoder-only transformer.
 
     The defaults give a tiny model that trains in seconds on a laptop CPU. Every field is checked in
-    ``__post_init__``; a bad value raises :class:`ValueError` whose message starts with the field name,
-    so a typo in a recipe points at itself.
+    ``__post_init__``: its type (see :func:`check_field_values`; floats must be finite), its range, and
+    how it combines with the others. A bad value raises :class:`ValueError` whose message starts with
+    the field name, so a typo in a recipe points at itself.
 
     Introduced in {doc}`/book/part1/07-gpt-model`.
     """
@@ -109,32 +183,36 @@ class ModelConfig:
     """Weight of the router z-loss added to the training loss."""
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+        check_field_values(type(self), {f.name: getattr(self, f.name) for f in fields(self)})
+        # From here on each value has its annotated type and every float is finite.
+        for name in (
+            "vocab_size",
+            "block_size",
+            "n_layer",
+            "n_head",
+            "n_embd",
+            "n_expert_active",
+            "moe_every",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("attn_sinks", "n_expert", "n_shared_expert"):
+            if getattr(self, name) < 0:
+                raise ValueError(
+                    f"{name}: must be a non-negative integer, got {getattr(self, name)!r}"
+                )
+        for name in ("n_kv_head", "mlp_hidden", "sliding_window", "expert_hidden"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: must be a positive integer, got {value!r}")
-        if self.n_kv_head is not None:
-            if (
-                isinstance(self.n_kv_head, bool)
-                or not isinstance(self.n_kv_head, int)
-                or self.n_kv_head < 1
-            ):
-                raise ValueError(
-                    f"n_kv_head: must be a positive integer or None, got {self.n_kv_head!r}"
-                )
-            if self.n_head % self.n_kv_head:
-                raise ValueError(
-                    f"n_kv_head: must divide n_head ({self.n_head}), got {self.n_kv_head}"
-                )
+            if value is not None and value < 1:
+                raise ValueError(f"{name}: must be a positive integer or None, got {value!r}")
+        if self.n_kv_head is not None and self.n_head % self.n_kv_head:
+            raise ValueError(f"n_kv_head: must divide n_head ({self.n_head}), got {self.n_kv_head}")
         if self.n_embd % self.n_head != 0:
             raise ValueError(
                 f"n_embd: must be divisible by n_head ({self.n_head}), got {self.n_embd}"
             )
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+        if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout: must be in [0, 1), got {self.dropout!r}")
-        for name in ("bias", "residual", "tie_weights"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name}: must be True or False, got {getattr(self, name)!r}")
         for name, allowed in (
             ("pos_embedding", POS_EMBEDDINGS),
             ("norm", NORMS),
@@ -145,66 +223,45 @@ class ModelConfig:
                 raise ValueError(f"{name}: must be one of {allowed}, got {getattr(self, name)!r}")
         if self.pos_embedding == "rope" and self.head_dim % 2:
             raise ValueError(f"pos_embedding: rope needs an even head width, got {self.head_dim}")
-        for name in ("mlp_hidden", "sliding_window"):
-            value = getattr(self, name)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
-            ):
-                raise ValueError(f"{name}: must be a positive integer or None, got {value!r}")
-        if (
-            isinstance(self.attn_sinks, bool)
-            or not isinstance(self.attn_sinks, int)
-            or self.attn_sinks < 0
-        ):
-            raise ValueError(f"attn_sinks: must be a non-negative integer, got {self.attn_sinks!r}")
+        if self.pos_embedding == "sinusoidal" and self.n_embd % 2:
+            raise ValueError(f"pos_embedding: sinusoidal needs an even n_embd, got {self.n_embd}")
         if self.attn_sinks and self.sliding_window is None:
             raise ValueError("attn_sinks: sinks only make sense with a sliding_window")
-        for name in ("n_expert", "n_shared_expert"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name}: must be a non-negative integer, got {value!r}")
-        for name in ("n_expert_active", "moe_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: must be a positive integer, got {value!r}")
-        if self.n_expert and self.n_expert_active > self.n_expert:
+        if self.n_expert:
+            if self.n_expert_active > self.n_expert:
+                raise ValueError(
+                    f"n_expert_active: must be at most n_expert ({self.n_expert}), "
+                    f"got {self.n_expert_active}"
+                )
+            # A larger moe_every selects no block at all: a dense model that claims to be MoE.
+            if self.moe_every > self.n_layer:
+                raise ValueError(
+                    f"moe_every: must be at most n_layer ({self.n_layer}) for any block to be MoE, "
+                    f"got {self.moe_every}"
+                )
+            if self.n_expert_active == 1 and self.router_renormalize:
+                raise ValueError(
+                    "router_renormalize: a renormalised top-1 gate is always 1 and passes no "
+                    "gradient to the router; use router_renormalize=False (Switch) or "
+                    "n_expert_active >= 2"
+                )
+        elif self.n_shared_expert:
             raise ValueError(
-                f"n_expert_active: must be at most n_expert ({self.n_expert}), "
-                f"got {self.n_expert_active}"
+                f"n_shared_expert: shared experts need n_expert > 0 (MoE blocks), "
+                f"got {self.n_shared_expert} with n_expert=0"
             )
-        if self.n_expert and self.n_expert_active == 1 and self.router_renormalize:
-            raise ValueError(
-                "router_renormalize: a renormalised top-1 gate is always 1 and passes no gradient "
-                "to the router; use router_renormalize=False (Switch) or n_expert_active >= 2"
-            )
-        if self.expert_hidden is not None and (
-            isinstance(self.expert_hidden, bool)
-            or not isinstance(self.expert_hidden, int)
-            or self.expert_hidden < 1
-        ):
-            raise ValueError(
-                f"expert_hidden: must be a positive integer or None, got {self.expert_hidden!r}"
-            )
-        if not isinstance(self.router_renormalize, bool):
-            raise ValueError(
-                f"router_renormalize: must be True or False, got {self.router_renormalize!r}"
-            )
-        if self.capacity_factor is not None and not (
-            isinstance(self.capacity_factor, (int, float))
-            and not isinstance(self.capacity_factor, bool)
-            and self.capacity_factor > 0
-        ):
+        if self.capacity_factor is not None and self.capacity_factor <= 0:
             raise ValueError(
                 f"capacity_factor: must be a positive number or None, got {self.capacity_factor!r}"
             )
         for name in ("router_noise", "moe_aux_coef", "moe_z_coef"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"{name}: must be a non-negative number, got {value!r}")
+            if getattr(self, name) < 0:
+                raise ValueError(
+                    f"{name}: must be a non-negative number, got {getattr(self, name)!r}"
+                )
         for name in ("norm_eps", "init_std", "rope_theta"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ValueError(f"{name}: must be a positive number, got {value!r}")
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: must be a positive number, got {getattr(self, name)!r}")
 
     def is_moe_layer(self, layer: int) -> bool:
         """Whether block ``layer`` (from 0) has a mixture-of-experts feed-forward layer.
@@ -242,11 +299,12 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Build a config from a dict, rejecting unknown keys by name.
+        """Build a config from a dict, rejecting unknown keys and wrong types by field name.
 
         :param data: field names mapped to values, as written by :meth:`to_dict`.
         :returns: the validated config.
-        :raises ValueError: when a key is not a field, or a value is invalid.
+        :raises ValueError: when ``data`` is not a mapping, a key is not a field, or a value is
+            invalid.
         """
         return config_from_dict(cls, data)
 

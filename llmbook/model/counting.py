@@ -79,6 +79,11 @@ def flops_per_token(config: ModelConfig, *, seq_len: int | None = None) -> int:
     mixture-of-experts model $N$ counts the active weights: the router and the $k$ routed plus shared
     experts each token passes through.
 
+    Attention is counted at full $T$, masked entries included, as the written-out attention computes
+    them; a causal flash kernel skips most masked blocks and does about half the attention work. The
+    tests check the count exactly against :class:`torch.utils.flop_counter.FlopCounterMode` on a
+    forward and backward pass, for dense and MoE models.
+
     :param config: the model config.
     :param seq_len: the sequence length $T$ (defaults to ``block_size``).
     :returns: FLOPs per token for one training step.
