@@ -1,8 +1,9 @@
-"""Tokenizers: bytes to ids and back.
+"""Tokenizers: bytes to ids and back, all with the contract of :class:`~llmbook.tokenizer.base.Tokenizer`.
 
 Introduced in {doc}`/book/part2/01-byte-tokenizer` (bytes) and {doc}`/book/part4/01-bpe` (BPE).
 """
 
+from llmbook.tokenizer.base import DEFAULT_SPECIALS, Tokenizer
 from llmbook.tokenizer.bpe import (
     GPT2_PATTERN,
     BPETokenizer,
@@ -11,7 +12,7 @@ from llmbook.tokenizer.bpe import (
     merge_pair,
     train_merges,
 )
-from llmbook.tokenizer.byte import DEFAULT_SPECIALS, ByteTokenizer
+from llmbook.tokenizer.byte import ByteTokenizer
 from llmbook.tokenizer.hf import HFTokenizer
 
 TOKENIZER_TYPES = {"byte": ByteTokenizer, "bpe": BPETokenizer, "hf-bpe": HFTokenizer}
@@ -22,7 +23,8 @@ def tokenizer_from_dict(data: dict):
     """Rebuild any of the book's tokenizers from its ``to_dict()``, dispatching on ``data["type"]``.
 
     :param data: a dict written by ``to_dict()`` (``"byte"``, ``"bpe"`` or ``"hf-bpe"``).
-    :returns: a :class:`ByteTokenizer`, :class:`BPETokenizer` or :class:`HFTokenizer`.
+    :returns: a :class:`ByteTokenizer`, :class:`BPETokenizer` or :class:`HFTokenizer` (all
+        :class:`Tokenizer`).
     :raises ValueError: for a missing or unknown type, naming it.
 
     Introduced in {doc}`/book/part4/01-bpe`.
@@ -42,6 +44,7 @@ __all__ = [
     "BPETokenizer",
     "ByteTokenizer",
     "HFTokenizer",
+    "Tokenizer",
     "bytes_to_unicode",
     "count_pretokens",
     "merge_pair",

@@ -11,9 +11,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import regex
-import torch
 
-from llmbook.tokenizer.byte import DEFAULT_SPECIALS, SpecialTokens
+from llmbook.tokenizer.base import DEFAULT_SPECIALS, Tokenizer, special_splitter
 
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 """GPT-2's pre-tokenization regex: English contractions, runs of letters, of digits and of other
@@ -89,7 +88,7 @@ def count_pretokens(
     """
     docs = [text] if isinstance(text, str) else text
     compiled = regex.compile(pattern)
-    splitter = _special_splitter(tuple(specials))
+    splitter = special_splitter(specials)
     counts: Counter = Counter()
     for doc in docs:
         pieces = splitter.split(doc) if splitter is not None else [doc]
@@ -98,14 +97,6 @@ def count_pretokens(
                 continue
             counts.update(compiled.findall(piece))
     return Counter({chunk.encode("utf-8"): n for chunk, n in counts.items()})
-
-
-def _special_splitter(specials: Iterable[str]):
-    if not specials:
-        return None
-    # Longest first, so that a special that is a prefix of another never wins.
-    alternatives = "|".join(regex.escape(s) for s in sorted(specials, key=len, reverse=True))
-    return regex.compile(f"({alternatives})")
 
 
 def train_merges(
@@ -185,7 +176,7 @@ def train_merges(
     return merges
 
 
-class BPETokenizer(SpecialTokens):
+class BPETokenizer(Tokenizer):
     """Byte-level BPE: ids 0–255 are bytes, each learned merge adds one id, specials come last.
 
     Text is first cut into pre-tokens by :data:`GPT2_PATTERN` (merges never cross a pre-token), each
@@ -194,9 +185,10 @@ class BPETokenizer(SpecialTokens):
     never misses: any string encodes, and :meth:`decode_bytes` returns exactly the bytes that went in.
 
     **Special tokens** (``<|bos|>``, ``<|eos|>``, ``<|pad|>`` by default) get the ids after the merges.
-    In :meth:`encode`, a special token's text is read as that single id only when it is in
-    ``allowed_special`` (by default every registered special, as Hugging Face ``tokenizers`` does);
-    pass ``allowed_special=()`` to encode untrusted text, so that it can never inject control tokens.
+    As for every tokenizer of the book (:class:`~llmbook.tokenizer.base.Tokenizer`), :meth:`encode`
+    reads a special token's text as its id only when ``allowed_special`` names it; by default the text
+    ``<|eos|>`` is pre-tokenized and merged like any other text, so text can never inject a control
+    token. Text between allowed specials is pre-tokenized on its own, as ``tokenizers`` does.
 
     :param merges: the learned merges in order; merge ``k`` turns the pair into id ``256 + k``. Each
         id in a pair must already exist (a byte or an earlier merge).
@@ -238,16 +230,17 @@ class BPETokenizer(SpecialTokens):
         self.vocab = [bytes([b]) for b in range(N_BYTES)]
         for a, b in checked:
             self.vocab.append(self.vocab[a] + self.vocab[b])
-        self.specials = specials
         first = N_BYTES + len(checked)
-        self.special_ids = {tok: first + i for i, tok in enumerate(specials)}
+        self._set_vocabulary(
+            {tok: first + i for i, tok in enumerate(specials)},
+            [*self.vocab, *[None] * len(specials)],
+        )
         self.pattern = pattern
         try:
             self._regex = regex.compile(pattern)
         except regex.error as err:
             raise ValueError(f"pattern: not a valid regex ({err})") from None
         self._cache: dict[str, tuple[int, ...]] = {}
-        self._splitters: dict[frozenset, object] = {}
 
     @classmethod
     def train(
@@ -285,11 +278,6 @@ class BPETokenizer(SpecialTokens):
         merges = train_merges(counts, n_merges, progress=progress)
         return cls(merges, special_tokens, pattern)
 
-    @property
-    def vocab_size(self) -> int:
-        """256 byte ids, one per merge, plus the specials."""
-        return N_BYTES + len(self.merges) + len(self.specials)
-
     def encode_chunk(self, chunk: str) -> tuple[int, ...]:
         """Encode one pre-token: its UTF-8 bytes, then merges by rank (lowest rank first).
 
@@ -313,102 +301,11 @@ class BPETokenizer(SpecialTokens):
         self._cache[chunk] = ids
         return ids
 
-    def _encode_ordinary(self, text: str, out: list[int]) -> None:
+    def _encode_ordinary(self, text: str) -> list[int]:
+        ids: list[int] = []
         for chunk in self._regex.findall(text):
-            out.extend(self.encode_chunk(chunk))
-
-    def encode(
-        self,
-        text: str,
-        *,
-        allowed_special: str | Iterable[str] = "all",
-        bos: bool = False,
-        eos: bool = False,
-    ) -> list[int]:
-        """Turn text into ids.
-
-        :param text: the text.
-        :param allowed_special: ``"all"`` (default): every registered special's text becomes its id;
-            a collection of special strings: only those; ``()``: none, specials' text is plain text.
-        :param bos: prepend the BOS id.
-        :param eos: append the EOS id.
-        :returns: a list of ids.
-        :raises ValueError: when ``allowed_special`` names a token that is not a special.
-        """
-        if not isinstance(text, str):
-            raise TypeError(f"text: expected str, got {type(text).__name__}")
-        if isinstance(allowed_special, str):
-            if allowed_special != "all":
-                raise ValueError(
-                    f"allowed_special: must be 'all' or a collection of special tokens, "
-                    f"got {allowed_special!r}"
-                )
-            allowed = frozenset(self.specials)
-        else:
-            allowed = frozenset(allowed_special)
-            unknown = sorted(allowed - set(self.specials))
-            if unknown:
-                raise ValueError(f"allowed_special: {unknown[0]!r} is not a special token")
-        ids: list[int] = [self.bos_id] if bos else []
-        if allowed:
-            splitter = self._splitters.get(allowed)
-            if splitter is None:
-                splitter = self._splitters[allowed] = _special_splitter(allowed)
-            for k, piece in enumerate(splitter.split(text)):
-                if k % 2:
-                    ids.append(self.special_ids[piece])
-                elif piece:
-                    self._encode_ordinary(piece, ids)
-        else:
-            self._encode_ordinary(text, ids)
-        if eos:
-            ids.append(self.eos_id)
+            ids.extend(self.encode_chunk(chunk))
         return ids
-
-    def encode_batch(self, texts: Iterable[str], **kwargs) -> list[list[int]]:
-        """Encode several texts.
-
-        :param texts: strings.
-        :param kwargs: passed to :meth:`encode`.
-        :returns: a list of id lists.
-        """
-        return [self.encode(t, **kwargs) for t in texts]
-
-    def decode_bytes(self, ids: Iterable[int] | torch.Tensor, *, specials: str = "skip") -> bytes:
-        """Turn ids back into the exact bytes.
-
-        :param ids: ids, as a list or a 1-D tensor.
-        :param specials: ``"skip"`` drops special ids, ``"keep"`` writes their text, ``"error"``
-            raises on them.
-        :returns: the bytes.
-        :raises ValueError: on an id outside the vocabulary, or a special id under ``"error"``.
-        """
-        ids = self._ids_to_decode(ids, specials)
-        vocab, n_vocab = self.vocab, len(self.vocab)
-        parts = []
-        for i in ids:
-            if 0 <= i < n_vocab:
-                parts.append(vocab[i])
-            elif n_vocab <= i < self.vocab_size:
-                if specials == "keep":
-                    parts.append(self.specials[i - n_vocab].encode("utf-8"))
-                elif specials == "error":
-                    raise ValueError(f"ids: special token id {i} where bytes were expected")
-            else:
-                raise ValueError(f"ids: {i} is outside the vocabulary (0..{self.vocab_size - 1})")
-        return b"".join(parts)
-
-    def decode(
-        self, ids: Iterable[int] | torch.Tensor, *, errors: str = "replace", specials: str = "skip"
-    ) -> str:
-        """Turn ids into text; a token may end inside a character, so decode the ids together.
-
-        :param ids: ids, as a list or a 1-D tensor.
-        :param errors: how to treat invalid UTF-8, as in :meth:`bytes.decode`.
-        :param specials: see :meth:`decode_bytes`.
-        :returns: the text.
-        """
-        return self.decode_bytes(ids, specials=specials).decode("utf-8", errors=errors)
 
     def token_bytes(self, i: int) -> bytes:
         """The bytes one id stands for (a special's UTF-8 text for a special id).
@@ -490,7 +387,9 @@ class BPETokenizer(SpecialTokens):
         The vocabulary writes every id's bytes through :func:`bytes_to_unicode`, the merges are the
         same pairs in the same order, the pre-tokenizer is ``ByteLevel(add_prefix_space=False)`` (the
         GPT-2 pattern), the decoder ``ByteLevel``, and the specials are added special tokens with our
-        ids.
+        ids. A bare ``tokenizers.Tokenizer`` always reads special strings in text as their ids (it
+        encodes like ``allowed_special="all"``); wrap it in :class:`~llmbook.tokenizer.hf.HFTokenizer`
+        for the book's contract, where text never becomes a special id unless allowed.
 
         :returns: a ``tokenizers.Tokenizer``.
         :raises ValueError: when the pattern is not GPT-2's, or two ids share the same bytes (the

@@ -8,13 +8,11 @@ import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import torch
-
+from llmbook.tokenizer.base import DEFAULT_SPECIALS, Tokenizer
 from llmbook.tokenizer.bpe import bytes_to_unicode
-from llmbook.tokenizer.byte import DEFAULT_SPECIALS, SpecialTokens
 
 
-class HFTokenizer(SpecialTokens):
+class HFTokenizer(Tokenizer):
     """A ``tokenizers.Tokenizer`` with the book's tokenizer interface.
 
     :meth:`train` builds GPT-2's byte-level BPE: the ``ByteLevel`` pre-tokenizer (the GPT-2 regex,
@@ -24,25 +22,31 @@ class HFTokenizer(SpecialTokens):
     than assuming numbers. The whole tokenizer is one JSON string (``tokenizer.json``), which
     :meth:`to_dict` and :meth:`save` store verbatim, so it travels with a model checkpoint.
 
+    **Special tokens.** A bare ``tokenizers.Tokenizer`` reads the text of every added token as its id,
+    whatever ``add_special_tokens`` says (that flag only controls the post-processor's template). This
+    wrapper keeps the contract of :class:`~llmbook.tokenizer.base.Tokenizer` instead: ordinary text is
+    encoded by a copy of the tokenizer that does not know its special tokens, so ``<|eos|>`` in a text
+    is pre-tokenized and merged like any other characters; the strings named in ``allowed_special``
+    are cut out first and become their ids, and the text between them encodes as it would alone.
+
     :param tokenizer: a ``tokenizers.Tokenizer`` (byte-level, for :meth:`decode_bytes` to be exact).
+
+    :ivar tokenizer: the wrapped ``tokenizers.Tokenizer``, unchanged (its own ``encode`` parses specials).
 
     Introduced in {doc}`/book/part4/01-bpe`.
     """
 
     def __init__(self, tokenizer) -> None:
-        from tokenizers import Tokenizer
+        import tokenizers
 
-        if not isinstance(tokenizer, Tokenizer):
+        if not isinstance(tokenizer, tokenizers.Tokenizer):
             raise ValueError(
                 f"tokenizer: expected a tokenizers.Tokenizer, got {type(tokenizer).__name__}"
             )
         self.tokenizer = tokenizer
         added = tokenizer.get_added_tokens_decoder()  # id -> AddedToken
-        self.special_ids = {t.content: i for i, t in sorted(added.items()) if t.special}
-        self.specials = tuple(self.special_ids)
-        self._special_set = frozenset(self.special_ids.values())
-        self._byte_of = {ch: b for b, ch in bytes_to_unicode().items()}
-        self._id_bytes: dict[int, bytes] = {}
+        self._set_vocabulary({t.content: i for i, t in sorted(added.items()) if t.special}, None)
+        self._plain = _without_special_tokens(tokenizer)
 
     @classmethod
     def train(
@@ -92,85 +96,40 @@ class HFTokenizer(SpecialTokens):
         """All ids: bytes, merges and specials."""
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
-    def encode(self, text: str, *, bos: bool = False, eos: bool = False) -> list[int]:
-        """Turn text into ids; special tokens' text becomes their ids (``tokenizers``' behaviour).
-
-        :param text: the text.
-        :param bos: prepend the BOS id.
-        :param eos: append the EOS id.
-        :returns: a list of ids.
-        """
-        if not isinstance(text, str):
-            raise TypeError(f"text: expected str, got {type(text).__name__}")
-        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
-        if bos:
-            ids.insert(0, self.bos_id)
-        if eos:
-            ids.append(self.eos_id)
-        return ids
-
-    def encode_batch(self, texts: Iterable[str], *, bos: bool = False, eos: bool = False):
-        """Encode several texts (in parallel, in Rust).
-
-        :param texts: strings.
-        :param bos: prepend BOS to each.
-        :param eos: append EOS to each.
-        :returns: a list of id lists.
-        """
-        out = [e.ids for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+    def _encode_ordinary_batch(self, texts: list[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        if len(texts) == 1:  # one text needs no thread pool (and forks stay quiet afterwards)
+            out = [self._plain.encode(texts[0], add_special_tokens=False).ids]
+        else:
+            out = [e.ids for e in self._plain.encode_batch(texts, add_special_tokens=False)]
         for ids in out:
-            if bos:
-                ids.insert(0, self.bos_id)
-            if eos:
-                ids.append(self.eos_id)
+            if not self._special_set.isdisjoint(ids):
+                # Only a model that can emit a special token's vocabulary entry by itself gets here
+                # (one with ignore_merges, or a one-character special): refuse rather than forge.
+                found = sorted(self._special_set.intersection(ids))[0]
+                raise ValueError(
+                    f"specials: this tokenizers model turns ordinary text into the special id {found}"
+                )
         return out
 
-    def _bytes_of(self, i: int) -> bytes:
-        b = self._id_bytes.get(i)
-        if b is None:
-            token = self.tokenizer.id_to_token(i)
-            if token is None:
-                raise ValueError(f"ids: {i} is outside the vocabulary (0..{self.vocab_size - 1})")
-            try:
-                b = bytes(self._byte_of[ch] for ch in token)
-            except KeyError:
-                b = token.encode("utf-8")  # an added, non-byte-level token
-            self._id_bytes[i] = b
-        return b
+    def _encode_ordinary(self, text: str) -> list[int]:
+        return self._encode_ordinary_batch([text])[0]
 
-    def decode_bytes(self, ids: Iterable[int] | torch.Tensor, *, specials: str = "skip") -> bytes:
-        """Turn ids back into the exact bytes (through the byte-level alphabet).
-
-        :param ids: ids, as a list or a 1-D tensor.
-        :param specials: ``"skip"``, ``"keep"`` or ``"error"``, as for the other tokenizers.
-        :returns: the bytes.
-        :raises ValueError: on an id outside the vocabulary, or a special id under ``"error"``.
-        """
-        ids = self._ids_to_decode(ids, specials)
-        parts = []
-        for i in ids:
-            if i in self._special_set:
-                if specials == "keep":
-                    parts.append(self.tokenizer.id_to_token(i).encode("utf-8"))
-                elif specials == "error":
-                    raise ValueError(f"ids: special token id {i} where bytes were expected")
-                continue
-            if not 0 <= i < self.vocab_size:
-                raise ValueError(f"ids: {i} is outside the vocabulary (0..{self.vocab_size - 1})")
-            parts.append(self._bytes_of(i))
-        return b"".join(parts)
-
-    def decode(
-        self, ids: Iterable[int] | torch.Tensor, *, errors: str = "replace", specials: str = "skip"
-    ) -> str:
-        """Turn ids into text.
-
-        :param ids: ids, as a list or a 1-D tensor.
-        :param errors: how to treat invalid UTF-8, as in :meth:`bytes.decode`.
-        :param specials: see :meth:`decode_bytes`.
-        :returns: the text.
-        """
-        return self.decode_bytes(ids, specials=specials).decode("utf-8", errors=errors)
+    def _pieces(self) -> list[bytes | None]:
+        if self._id_pieces is None:
+            byte_of = {ch: b for b, ch in bytes_to_unicode().items()}
+            pieces: list[bytes | None] = []
+            for i in range(self.tokenizer.get_vocab_size(with_added_tokens=True)):
+                token = self.tokenizer.id_to_token(i)
+                if token is None or i in self._special_set:
+                    pieces.append(None)  # a special, or a hole in the ids
+                elif all(ch in byte_of for ch in token):
+                    pieces.append(bytes(byte_of[ch] for ch in token))
+                else:
+                    pieces.append(token.encode("utf-8"))  # an added, non-byte-level token
+            self._id_pieces = pieces
+        return self._id_pieces
 
     def to_dict(self) -> dict:
         """The tokenizer as a dict holding ``tokenizers``' own JSON string, unchanged.
@@ -235,3 +194,21 @@ class HFTokenizer(SpecialTokens):
 
     def __repr__(self) -> str:
         return f"HFTokenizer(vocab_size={self.vocab_size}, specials={self.specials})"
+
+
+def _without_special_tokens(tokenizer):
+    """A copy of ``tokenizer`` that does not know its special added tokens.
+
+    ``tokenizers`` cuts every added token out of the text before anything else, whatever
+    ``add_special_tokens`` says (that flag is about the post-processor's template). The copy leaves
+    the special strings to the pre-tokenizer and the merges, as ordinary text, and encodes everything
+    else exactly as the original does.
+    """
+    import tokenizers
+
+    data = json.loads(tokenizer.to_str())
+    data["added_tokens"] = [t for t in data.get("added_tokens") or [] if not t.get("special")]
+    plain = tokenizers.Tokenizer.from_str(json.dumps(data))
+    plain.no_padding()
+    plain.no_truncation()
+    return plain

@@ -1,5 +1,4 @@
 import json
-import time
 from collections import Counter
 
 import pytest
@@ -8,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmbook.data.corpora import load_tinyshakespeare
-from llmbook.tokenizer import tokenizer_from_dict
+from llmbook.tokenizer import HFTokenizer, tokenizer_from_dict
 from llmbook.tokenizer.bpe import (
     GPT2_PATTERN,
     BPETokenizer,
@@ -94,21 +93,22 @@ def test_compresses_and_round_trips(tok):
 @settings(max_examples=200, deadline=None)
 @given(st.text(max_size=200))
 def test_text_round_trip_property(tok, text):
-    assert tok.decode(tok.encode(text, allowed_special=()), errors="strict") == text
+    assert tok.decode(tok.encode(text), errors="strict") == text
 
 
 def test_specials_map_to_their_ids(tok):
     text = "<|bos|>Speak, speak.<|eos|><|pad|>"
-    ids = tok.encode(text)
+    ids = tok.encode(text, allowed_special="all")
     assert ids[0] == tok.bos_id and ids[-2:] == [tok.eos_id, tok.pad_id]
     assert tok.encode("Speak, speak.") == ids[1:-2]
     assert tok.decode(ids) == "Speak, speak."
     assert tok.decode(ids, specials="keep") == text
     with pytest.raises(ValueError, match="special"):
         tok.decode(ids, specials="error")
-    # Not allowed: special text is ordinary text, so user input cannot inject control tokens.
-    plain = tok.encode(text, allowed_special=())
-    assert tok.bos_id not in plain and tok.decode(plain) == text
+    # Not allowed (the default): special text is ordinary text, so input cannot inject control tokens.
+    plain = tok.encode(text)
+    assert plain == tok.encode(text, allowed_special=())
+    assert not {tok.bos_id, tok.eos_id, tok.pad_id} & set(plain) and tok.decode(plain) == text
     only_eos = tok.encode(text, allowed_special={"<|eos|>"})
     assert tok.eos_id in only_eos and tok.bos_id not in only_eos
     with pytest.raises(ValueError, match="not a special"):
@@ -190,14 +190,17 @@ ASSIGNED_TEXT = st.text(st.characters(exclude_categories=("Cs", "Cn")), max_size
 @given(ASSIGNED_TEXT)
 def test_to_hf_parity_on_random_unicode(tok, text):
     hf = _hf(tok)
-    assert hf.encode(text).ids == tok.encode(text)
+    assert hf.encode(text).ids == tok.encode(text, allowed_special="all")
 
 
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.sampled_from(["<|bos|>", "<|eos|>", "a", " the", "é", "\n", "  ", "'s", "9"])))
 def test_to_hf_parity_with_specials(tok, parts):
+    """A bare ``tokenizers.Tokenizer`` always parses specials: ours does when every one is allowed."""
     text = "".join(parts)
-    assert _hf(tok).encode(text).ids == tok.encode(text)
+    assert _hf(tok).encode(text).ids == tok.encode(text, allowed_special="all")
+    # Wrapped, the Rust tokenizer keeps the default contract too: special text stays text.
+    assert HFTokenizer(_hf(tok)).encode(text) == tok.encode(text)
 
 
 _HF_CACHE = {}
@@ -218,12 +221,14 @@ def shakespeare():
 
 
 @pytest.mark.slow
-def test_tinyshakespeare_4096_fast_enough_and_identical_to_tokenizers(shakespeare):
-    start = time.perf_counter()
+def test_tinyshakespeare_4096_identical_to_tokenizers(shakespeare):
+    """The full-size run: every merge is learned, and Rust encodes the corpus to the same ids.
+
+    Training time is measured by the benchmark (``bench/run.py``'s tokenizer stage, against
+    ``tokenizers``), not asserted here: a wall-clock bound in a unit test fails on a busy machine.
+    """
     tok = BPETokenizer.train(shakespeare, 4096)
-    seconds = time.perf_counter() - start
     assert tok.vocab_size == 4096 and len(tok.merges) == 4096 - 256 - 3
-    assert seconds < 30, f"training took {seconds:.1f} s"  # loose guard; the target is <= 10 s
     ids = tok.encode(shakespeare)
     assert tok.to_hf().encode(shakespeare).ids == ids
     assert tok.decode(ids, errors="strict") == shakespeare
