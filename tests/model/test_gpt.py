@@ -98,8 +98,73 @@ def test_parameter_count_matches_closed_formula(overrides):
     cfg = tiny(**overrides)
     model = GPT(cfg)
     assert model.num_params() == count_parameters(cfg)
-    assert model.num_params() == sum(p.numel() for p in model.parameters())
     assert model.num_params(non_embedding=True) == count_parameters(cfg, non_embedding=True)
+
+
+LLAMA = dict(
+    norm="rmsnorm", pos_embedding="rope", mlp="swiglu", n_kv_head=1, bias=False, tie_weights=False
+)
+MIXTRAL = dict(LLAMA, n_expert=4, n_expert_active=2, expert_hidden=24)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "total", "non_embedding"),
+    [
+        # V=50, T=16, C=16, 2 blocks. GPT-2 style, per block: 2 LayerNorms 2 * 32, q k v o
+        # 4 * (16 * 16 + 16) = 1088, MLP 16 * 64 + 64 + 64 * 16 + 16 = 2128, so 3280; tokens 800,
+        # positions 256, final norm 32, tied head 0: 800 + 256 + 2 * 3280 + 32.
+        ({}, 7648, 7648 - 800 - 256),
+        # Llama style (D = 8, K = 1, SwiGLU width 64), per block: 2 RMSNorms 2 * 16, q and o
+        # 2 * 256, k and v 2 * 16 * 8, MLP 3 * 16 * 64 = 3072, so 3872; tokens 800, final norm 16,
+        # untied head 800: 800 + 2 * 3872 + 16 + 800.
+        (LLAMA, 9360, 9360 - 800),
+        # Mixtral style: the MLP becomes a router 4 * 16 and 4 experts of 3 * 16 * 24 = 1152:
+        # 3872 - 3072 + 64 + 4608 = 5472 per block; 800 + 2 * 5472 + 16 + 800.
+        (MIXTRAL, 12560, 12560 - 800),
+    ],
+)
+def test_parameter_count_worked_out_by_hand(overrides, total, non_embedding):
+    cfg = tiny(**overrides)
+    assert GPT(cfg).num_params() == count_parameters(cfg) == total
+    assert GPT(cfg).num_params(non_embedding=True) == non_embedding
+    assert count_parameters(cfg, non_embedding=True) == non_embedding
+
+
+def test_parameter_count_equals_transformers_models_built_from_config():
+    # The same shapes in Hugging Face's own implementations (built from config objects, no download).
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        MixtralConfig,
+        MixtralForCausalLM,
+    )
+
+    gpt2 = GPT2Config(
+        vocab_size=50,
+        n_positions=16,
+        n_embd=16,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    shape = dict(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=False,
+    )
+    assert GPT2LMHeadModel(gpt2).num_parameters() == count_parameters(tiny())
+    llama = LlamaConfig(intermediate_size=64, **shape)
+    assert LlamaForCausalLM(llama).num_parameters() == count_parameters(tiny(**LLAMA))
+    mixtral = MixtralConfig(
+        intermediate_size=24, num_local_experts=4, num_experts_per_tok=2, **shape
+    )
+    assert MixtralForCausalLM(mixtral).num_parameters() == count_parameters(tiny(**MIXTRAL))
 
 
 def test_gpt2_small_count():
@@ -107,11 +172,13 @@ def test_gpt2_small_count():
     assert count_parameters(ModelConfig.gpt2_small()) == 124_439_808
 
 
-def test_flops_per_token_six_n():
+def test_flops_per_token_six_n_plus_attention():
+    # N = 12 L C^2 + V C = 12 * 12 * 768^2 + 50257 * 768 = 123,532,032 matmul weights; 6N = 741,192,192.
+    # Attention at T = 1024: 12 L T C = 12 * 12 * 1024 * 768 = 113,246,208; at T = 128: 14,155,776.
     cfg = ModelConfig.gpt2_small()
-    n = cfg.n_layer * 12 * cfg.n_embd**2 + cfg.vocab_size * cfg.n_embd
-    assert flops_per_token(cfg, seq_len=1) == 6 * n + 12 * cfg.n_layer * cfg.n_embd
-    assert flops_per_token(cfg) > flops_per_token(cfg, seq_len=128)
+    assert flops_per_token(cfg, seq_len=1) == 741_192_192 + 12 * 12 * 768
+    assert flops_per_token(cfg) == 741_192_192 + 113_246_208 == 854_438_400
+    assert flops_per_token(cfg, seq_len=128) == 741_192_192 + 14_155_776
 
 
 def test_sequence_longer_than_block_size_raises():

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,17 +11,65 @@ from llmbook.model.mlp import SwiGLU
 from llmbook.model.norm import RMSNorm
 
 
-def test_rmsnorm_equals_torch():
+def rms_norm_by_hand(x, weight, eps):
+    """x / sqrt(mean(x^2) + eps) * g in plain Python floats (float64), row by row."""
+    out = []
+    for row in x.reshape(-1, x.shape[-1]).tolist():
+        rms = math.sqrt(math.fsum(v * v for v in row) / len(row) + eps)
+        out.append([v / rms * g for v, g in zip(row, weight)])
+    return torch.tensor(out, dtype=torch.float64).reshape(x.shape)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_rmsnorm_equals_the_formula_worked_out_in_float64(fused):
+    torch.manual_seed(0)
+    norm = RMSNorm(12, eps=1e-6)
+    norm.fused = fused
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(12))
+    x = torch.randn(3, 5, 12) * 4
+    expected = rms_norm_by_hand(x.double(), norm.weight.tolist(), 1e-6)
+    torch.testing.assert_close(norm(x).double(), expected, rtol=1e-5, atol=1e-5)
+    y16 = norm(x.bfloat16())
+    assert y16.dtype == torch.bfloat16
+    torch.testing.assert_close(
+        y16.double(),
+        rms_norm_by_hand(x.bfloat16().double(), norm.weight.tolist(), 1e-6),
+        rtol=1e-2,
+        atol=1e-2,
+    )
+    norm.double()
+    torch.testing.assert_close(norm(x.double()), expected, rtol=1e-12, atol=1e-12)
+    # x = (3, 4): mean square 12.5, no mean subtraction (LayerNorm would give -1, 1)
+    unit = RMSNorm(2, eps=0.0).double()
+    torch.testing.assert_close(
+        unit(torch.tensor([3.0, 4.0], dtype=torch.float64)),
+        torch.tensor([3.0, 4.0], dtype=torch.float64) / math.sqrt(12.5),
+    )
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_rmsnorm_gradients_equal_finite_differences(fused):
+    torch.manual_seed(0)
+    norm = RMSNorm(8).double()
+    norm.fused = fused
+    with torch.no_grad():
+        norm.weight.normal_()
+    x = torch.randn(3, 8, dtype=torch.float64, requires_grad=True)
+
+    def apply(x, weight):
+        return torch.func.functional_call(norm, {"weight": weight}, (x,))
+
+    assert torch.autograd.gradcheck(apply, (x, norm.weight))
+
+
+def test_rmsnorm_also_equals_torch():
     ours, theirs = RMSNorm(12, eps=1e-6), nn.RMSNorm(12, eps=1e-6)
     with torch.no_grad():
         ours.weight.copy_(torch.randn(12))
         theirs.weight.copy_(ours.weight)
     x = torch.randn(3, 5, 12) * 4
     torch.testing.assert_close(ours(x), theirs(x))
-    g1 = torch.autograd.grad(ours(x).pow(3).sum(), ours.weight)[0]
-    g2 = torch.autograd.grad(theirs(x).pow(3).sum(), theirs.weight)[0]
-    torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-5)
-    assert ours(x.bfloat16()).dtype == torch.bfloat16
 
 
 def test_swiglu_formula_and_width():
