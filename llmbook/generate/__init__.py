@@ -3,11 +3,19 @@
 Introduced in {doc}`/book/part2/05-sampling`.
 """
 
-from llmbook.generate.generation import GenerationOutput, generate, left_pad, sequence_logprobs
-from llmbook.generate.sampling import sample_next, top_k_filter, top_p_filter
+from llmbook.generate.generation import (
+    GenerationOutput,
+    eval_mode,
+    generate,
+    left_pad,
+    sequence_logprobs,
+)
+from llmbook.generate.sampling import check_sampling, sample_next, top_k_filter, top_p_filter
 
 __all__ = [
     "GenerationOutput",
+    "check_sampling",
+    "eval_mode",
     "generate",
     "left_pad",
     "sample_next",

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from llmbook.generate.sampling import sample_next
+from llmbook.generate.sampling import check_sampling, sample_next
 from llmbook.model.kv_cache import KVCache
 
 
@@ -56,6 +58,26 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
     return ids, mask
 
 
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run a block with the model in eval mode, then put it back in the mode it was in (also on error).
+
+    Generation must not use dropout, but a caller in the middle of training (an RL loop sampling
+    rollouts, a training loop printing samples) expects its model to stay in train mode.
+
+    :param model: the module.
+    :returns: a context manager yielding ``model``.
+
+    Introduced in {doc}`/book/part2/05-sampling`.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 def _crop(ids: torch.Tensor, mask: torch.Tensor, block_size: int):
     # Keep the last block_size columns: the model's context window slides over long sequences.
     return ids[:, -block_size:], mask[:, -block_size:]
@@ -81,12 +103,13 @@ def generate(
     would compute alone; a row stops at ``eos_id`` and is padded afterwards. With ``use_cache`` (and
     when prompt plus new tokens fit in ``block_size``) a :class:`~llmbook.model.kv_cache.KVCache` keeps
     every layer's keys and values, so each step runs the model on one new token; otherwise each step
-    recomputes the last ``block_size`` tokens. Both give the same tokens.
+    recomputes the last ``block_size`` tokens. Both give the same tokens. The model runs in eval mode
+    and is put back in the mode it was in (:func:`eval_mode`).
 
     :param model: a language model with ``config.block_size`` whose forward takes ``attention_mask``.
     :param prompts: token-id lists (different lengths allowed).
     :param max_new_tokens: tokens to generate per row (N).
-    :param temperature: sampling temperature; 0 is greedy.
+    :param temperature: sampling temperature, finite and ``>= 0``; 0 is greedy.
     :param top_k: top-k filter (None: off).
     :param top_p: nucleus filter (None: off).
     :param eos_id: stop a row after it produces this id (None: never stop early).
@@ -94,56 +117,57 @@ def generate(
     :param generator: random generator, for reproducible samples.
     :param use_cache: use a KV cache when the whole sequence fits the context window.
     :returns: a :class:`GenerationOutput`.
+    :raises ValueError: for a negative ``max_new_tokens`` or a sampling setting
+        :func:`~llmbook.generate.sampling.check_sampling` refuses (before the model runs).
 
     Introduced in {doc}`/book/part2/05-sampling`.
     """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens: must be >= 0, got {max_new_tokens}")
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    ids, mask = left_pad(prompts, pad_id)
-    ids, mask = ids.to(device), mask.to(device)
-    P, B = ids.size(1), ids.size(0)
-    block_size = model.config.block_size
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    logps = torch.zeros(B, max_new_tokens, device=device)
-    keep = torch.zeros(B, max_new_tokens, dtype=torch.bool, device=device)
-    cache = None
-    if use_cache and P + max_new_tokens <= block_size:
-        dtype = next(model.parameters()).dtype
-        cache = KVCache(model.config, B, P + max_new_tokens, device=device, dtype=dtype)
-    step_ids, n_cached = ids, 0
-    for n in range(max_new_tokens):
-        if cache is None:
-            ctx_ids, ctx_mask = _crop(ids, mask, block_size)
-            logits = model(ctx_ids, attention_mask=ctx_mask).logits[:, -1]  # (B, V)
-        elif bool(mask.all()):
-            # Nothing is padded: no mask to build, and attention takes its unmasked fast path.
-            logits = model(step_ids, cache=cache).logits[:, -1]  # (B, V)
-            n_cached = ids.size(1)
-        else:
-            # Positions count real tokens only, as in the uncached path.
-            positions = (mask.long().cumsum(-1) - 1).clamp(min=0)[:, n_cached:]
-            out = model(step_ids, attention_mask=mask, positions=positions, cache=cache)
-            logits = out.logits[:, -1]  # (B, V)
-            n_cached = ids.size(1)
-        next_ids, next_logps = sample_next(
-            logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
-        )
-        next_ids = torch.where(done, torch.full_like(next_ids, pad_id), next_ids)
-        keep[:, n] = ~done
-        logps[:, n] = torch.where(done, torch.zeros_like(next_logps), next_logps)
-        ids = torch.cat([ids, next_ids[:, None]], dim=1)
-        mask = torch.cat([mask, (~done)[:, None]], dim=1)
-        step_ids = next_ids[:, None]
-        if eos_id is not None:
-            done = done | (next_ids == eos_id)
-            if bool(done.all()):
-                logps, keep = logps[:, : n + 1], keep[:, : n + 1]
-                break
-    model.train(was_training)
-    return GenerationOutput(ids.cpu(), mask.cpu(), P, logps.cpu(), keep.cpu())
+    check_sampling(temperature, top_k, top_p)
+    with eval_mode(model):
+        device = next(model.parameters()).device
+        ids, mask = left_pad(prompts, pad_id)
+        ids, mask = ids.to(device), mask.to(device)
+        P, B = ids.size(1), ids.size(0)
+        block_size = model.config.block_size
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        logps = torch.zeros(B, max_new_tokens, device=device)
+        keep = torch.zeros(B, max_new_tokens, dtype=torch.bool, device=device)
+        cache = None
+        if use_cache and P + max_new_tokens <= block_size:
+            dtype = next(model.parameters()).dtype
+            cache = KVCache(model.config, B, P + max_new_tokens, device=device, dtype=dtype)
+        step_ids, n_cached = ids, 0
+        for n in range(max_new_tokens):
+            if cache is None:
+                ctx_ids, ctx_mask = _crop(ids, mask, block_size)
+                logits = model(ctx_ids, attention_mask=ctx_mask).logits[:, -1]  # (B, V)
+            elif bool(mask.all()):
+                # Nothing is padded: no mask to build, and attention takes its unmasked fast path.
+                logits = model(step_ids, cache=cache).logits[:, -1]  # (B, V)
+                n_cached = ids.size(1)
+            else:
+                # Positions count real tokens only, as in the uncached path.
+                positions = (mask.long().cumsum(-1) - 1).clamp(min=0)[:, n_cached:]
+                out = model(step_ids, attention_mask=mask, positions=positions, cache=cache)
+                logits = out.logits[:, -1]  # (B, V)
+                n_cached = ids.size(1)
+            next_ids, next_logps = sample_next(
+                logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
+            )
+            next_ids = torch.where(done, torch.full_like(next_ids, pad_id), next_ids)
+            keep[:, n] = ~done
+            logps[:, n] = torch.where(done, torch.zeros_like(next_logps), next_logps)
+            ids = torch.cat([ids, next_ids[:, None]], dim=1)
+            mask = torch.cat([mask, (~done)[:, None]], dim=1)
+            step_ids = next_ids[:, None]
+            if eos_id is not None:
+                done = done | (next_ids == eos_id)
+                if bool(done.all()):
+                    logps, keep = logps[:, : n + 1], keep[:, : n + 1]
+                    break
+        return GenerationOutput(ids.cpu(), mask.cpu(), P, logps.cpu(), keep.cpu())
 
 
 def sequence_logprobs(
@@ -161,11 +185,14 @@ def sequence_logprobs(
     :param model: the language model.
     :param ids: ``(B, T)`` ids (left padding allowed).
     :param attention_mask: ``(B, T)`` bool, True at real tokens (None: all real).
-    :param temperature: divide logits by this first, matching how the tokens were sampled.
+    :param temperature: divide logits by this first, matching how the tokens were sampled; 0 scores
+        under the untempered distribution, as :func:`~llmbook.generate.sampling.sample_next` does.
     :returns: ``(B, T - 1)`` log-probabilities (differentiable when grad is enabled).
+    :raises ValueError: when ``temperature`` is not finite or is negative.
 
     Introduced in {doc}`/book/part2/05-sampling`.
     """
+    check_sampling(temperature)
     logits = model(ids, attention_mask=attention_mask).logits[:, :-1].float()  # (B, T-1, V)
     if temperature > 0:
         logits = logits / temperature

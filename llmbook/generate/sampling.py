@@ -2,7 +2,41 @@
 
 from __future__ import annotations
 
+import math
+from numbers import Integral
+
 import torch
+
+
+def check_sampling(
+    temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+) -> None:
+    """Refuse sampling settings that have no meaning, with a message naming the parameter.
+
+    :param temperature: must be finite and ``>= 0`` (0 is greedy); ``inf`` would silently sample
+        uniformly and ``nan`` would give NaN probabilities.
+    :param top_k: None, or an integer ``>= 1``.
+    :param top_p: None, or a number in (0, 1].
+    :raises ValueError: naming ``temperature``, ``top_k`` or ``top_p``.
+
+    Introduced in {doc}`/book/part2/05-sampling`.
+    """
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature: must be finite and >= 0 (0 is greedy), got {temperature}")
+    if top_k is not None:
+        _check_top_k(top_k)
+    if top_p is not None:
+        _check_top_p(top_p)
+
+
+def _check_top_k(k: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, Integral) or k < 1:
+        raise ValueError(f"top_k: must be an integer >= 1, got {k!r}")
+
+
+def _check_top_p(p: float) -> None:
+    if not 0.0 < p <= 1.0:  # NaN fails the comparison too, so it lands here
+        raise ValueError(f"top_p: must be a number in (0, 1], got {p!r}")
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -13,11 +47,11 @@ def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
     :param logits: ``(..., V)``.
     :param k: how many to keep, ``1 <= k``; ``k >= V`` keeps everything.
     :returns: the filtered logits (a new tensor).
+    :raises ValueError: when ``k`` is not an integer ``>= 1``.
 
     Introduced in {doc}`/book/part2/05-sampling`.
     """
-    if k < 1:
-        raise ValueError(f"top_k: must be >= 1, got {k}")
+    _check_top_k(k)
     if k >= logits.size(-1):
         return logits.clone()
     kth = torch.topk(logits, k, dim=-1).values[..., -1:]  # (..., 1)
@@ -34,11 +68,11 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     :param logits: ``(..., V)``.
     :param p: the probability mass to keep, in (0, 1]; 1 keeps everything.
     :returns: the filtered logits (a new tensor).
+    :raises ValueError: when ``p`` is not in (0, 1] (NaN included).
 
     Introduced in {doc}`/book/part2/05-sampling`.
     """
-    if not 0.0 < p <= 1.0:
-        raise ValueError(f"top_p: must be in (0, 1], got {p}")
+    _check_top_p(p)
     if p == 1.0:  # the float32 cumulative sum can reach 1.0 before the tail: keep it explicitly
         return logits.clone()
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
@@ -70,16 +104,16 @@ def sample_next(
     :func:`~llmbook.generate.generation.sequence_logprobs` recomputes for the same tokens.
 
     :param logits: ``(B, V)`` scores for the next token.
-    :param temperature: ``>= 0``; 1 leaves the distribution as is.
+    :param temperature: finite and ``>= 0``; 1 leaves the distribution as is, 0 is greedy.
     :param top_k: keep only the ``k`` most likely tokens (None: off).
     :param top_p: keep the nucleus of mass ``p`` (None: off).
     :param generator: random generator for reproducible samples.
     :returns: ``(ids (B,), logps (B,))``.
+    :raises ValueError: for a sampling setting :func:`check_sampling` refuses.
 
     Introduced in {doc}`/book/part2/05-sampling`.
     """
-    if temperature < 0:
-        raise ValueError(f"temperature: must be >= 0, got {temperature}")
+    check_sampling(temperature, top_k, top_p)
     logits = logits.float()
     if temperature == 0:
         ids = logits.argmax(dim=-1)
