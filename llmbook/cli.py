@@ -1,55 +1,124 @@
 """The ``llmbook`` command: train, sample from and evaluate zoo models.
 
 Every command shows progress on stderr and prints a one-line JSON summary as the last line of stdout,
-so scripts and benchmarks can read results: ``llmbook train ... | tail -1 | jq .val_loss``.
+so scripts and benchmarks can read results: ``llmbook train ... | tail -1 | jq .val_loss``. On an error
+that last line is ``{"error": "...", "type": "..."}``, and non-finite numbers are written as ``null``.
+
+Exit status: 0 on success; 2 when the command line is wrong (an argument, an unknown recipe or corpus);
+1 for everything else: the environment (``LLMBOOK_DATA_DIR``, ``LLMBOOK_CACHE_DIR``,
+``LLMBOOK_PROFILE``), files on disk (a corrupt checkpoint or corpus), and bugs. Expected problems are
+one line on stderr; an unexpected exception also prints its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
+import traceback
+import warnings
 
+EXIT_RUNTIME = 1
 EXIT_USAGE = 2
+MAX_SEED = 2**64 - 1
+"""The largest seed :meth:`torch.Generator.manual_seed` accepts."""
+
+
+class UsageError(Exception):
+    """The command line is wrong: an argument's value, a recipe or corpus name (exit status 2)."""
+
+
+class SetupError(Exception):
+    """The environment is wrong: an environment variable or a recipe's config (exit status 1)."""
+
+
+def _finite(value):
+    # JSON has no NaN or Infinity; json.dumps would write bare `NaN`, which strict parsers reject.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _emit(summary: dict) -> None:
-    print(json.dumps(summary, sort_keys=True), flush=True)
+    print(json.dumps(_finite(summary), sort_keys=True, allow_nan=False), flush=True)
 
 
-def _fail(message: str) -> int:
-    print(f"llmbook: error: {message}", file=sys.stderr)
-    return EXIT_USAGE
+def _refuse(message: str, kind: str, status: int) -> int:
+    print(f"llmbook: error: {message}", file=sys.stderr, flush=True)
+    _emit({"error": message, "type": kind})
+    return status
 
 
-def _probability(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        # argparse's own error path, plus the JSON line that every exit promises on stdout.
+        self.print_usage(sys.stderr)
+        sys.exit(_refuse(message, UsageError.__name__, EXIT_USAGE))
+
+
+def _number(text: str, kind=float):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be {'an integer' if kind is int else 'a number'}, got {text!r}"
+        ) from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
     return value
 
 
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+def _ranged(kind, accept, what: str):
+    def parse(text: str):
+        value = _number(text, kind)
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+
+    return parse
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+_probability = _ranged(float, lambda v: 0.0 < v <= 1.0, "in (0, 1]")
+_non_negative_float = _ranged(float, lambda v: v >= 0, ">= 0")
+_positive_int = _ranged(int, lambda v: v >= 1, "a positive integer")
+_seed = _ranged(int, lambda v: 0 <= v <= MAX_SEED, "an integer in [0, 2**64 - 1]")
+
+
+def _utf8(text: str) -> str:
+    # Python hands undecodable argv bytes over as lone surrogates (surrogateescape); they cannot be
+    # encoded, so the tokenizer would fail on them far from here.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(
+            f"is not valid UTF-8 text: {ascii(text.encode('utf-8', 'surrogateescape'))}"
+        ) from None
+    return text
+
+
+def _device(text: str):
+    from llmbook.device import parse_device
+
+    try:
+        return parse_device(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("device: ")) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``llmbook`` command.
 
+    Bad arguments exit with status 2, a one-line message on stderr and the JSON error line on stdout.
+
     :returns: the parser, with sub-commands ``train``, ``sample``, ``eval`` and ``zoo``.
     """
-    parser = argparse.ArgumentParser(prog="llmbook", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="llmbook", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     def recipe_args(p):
@@ -60,7 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
             default=None,
             help="default: LLMBOOK_PROFILE, else gpu with CUDA, else cpu",
         )
-        p.add_argument("--device", default=None, help="cpu, cuda, mps (default: from the profile)")
+        p.add_argument(
+            "--device",
+            type=_device,
+            default=None,
+            help="cpu, cuda, cuda:N or mps (default: from the profile); checked before any work",
+        )
 
     p = sub.add_parser("train", help="train a zoo recipe and save its checkpoint")
     recipe_args(p)
@@ -73,13 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="generate text from a zoo model")
     recipe_args(p)
-    p.add_argument("--prompt", default="\n", help="the prompt text (default: a newline)")
+    p.add_argument(
+        "--prompt", type=_utf8, default="\n", help="the prompt text (default: a newline)"
+    )
     p.add_argument("--max-new-tokens", type=_positive_int, default=200)
     p.add_argument("--num-samples", type=_positive_int, default=1)
     p.add_argument("--temperature", type=_non_negative_float, default=0.8, help="0 is greedy")
     p.add_argument("--top-k", type=_positive_int, default=None)
     p.add_argument("--top-p", type=_probability, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0, help="0 to 2**64 - 1")
 
     p = sub.add_parser("eval", help="validation loss, perplexity and bits per byte of a zoo model")
     recipe_args(p)
@@ -99,23 +175,58 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _resolve(name: str, profile: str | None):
+    from llmbook.zoo import RECIPES, resolve
+
+    if name not in RECIPES:
+        raise UsageError(f"--recipe: unknown recipe {name!r}; known recipes: {sorted(RECIPES)}")
+    try:
+        return resolve(name, profile)
+    except ValueError as err:  # LLMBOOK_PROFILE or a field of the recipe's config, by name
+        raise SetupError(f"recipe {name!r}: {err}") from None
+
+
+def _check_environment(recipe, *, will_train: bool) -> None:
+    """Fail on a bad data mirror or an unwritable cache now, not after minutes of training."""
+    from llmbook.paths import cache_dir, data_mirror, ensure_writable_dir
+    from llmbook.zoo import checkpoint_dir
+
+    try:
+        data_mirror()
+    except FileNotFoundError as err:
+        raise SetupError(str(err)) from None
+    if will_train or not checkpoint_dir(recipe).is_dir():
+        ensure_writable_dir(cache_dir() / "zoo")
+
+
+def _provenance(zoo) -> dict:
+    """Which corpus the model was trained on, and whether it was the offline fallback."""
+    origin = getattr(zoo, "corpus_origin", None) or zoo.meta.get("corpus", {}).get("origin")
+    fallback = getattr(zoo, "fallback", origin == "fallback")
+    return {"corpus_origin": origin, "fallback": fallback}
+
+
 def _cmd_train(args) -> int:
     from llmbook.train.distributed import cleanup, init_distributed
     from llmbook.zoo import load_or_train
 
     started = time.perf_counter()
+    recipe = _resolve(args.recipe, args.profile)
+    _check_environment(recipe, will_train=not args.if_missing)
     # Under torchrun (WORLD_SIZE > 1) join the process group: each process trains its share of every
     # batch and rank 0 writes the checkpoint and prints the summary.
     info = init_distributed()
-    device = args.device if info.world_size == 1 else info.device
-    zoo = load_or_train(
-        args.recipe,
-        args.profile,
-        device=device,
-        retrain=not args.if_missing,
-        progress=not args.no_progress,
-    )
-    cleanup()
+    try:
+        device = args.device if info.world_size == 1 else info.device
+        zoo = load_or_train(
+            args.recipe,
+            args.profile,
+            device=device,
+            retrain=not args.if_missing,
+            progress=not args.no_progress,
+        )
+    finally:
+        cleanup()
     if not info.is_main:
         return 0
     m = zoo.meta["metrics"]
@@ -131,7 +242,7 @@ def _cmd_train(args) -> int:
             "train_seconds": m["train_seconds"],
             "tokens_per_second": m["tokens_per_second"],
             "steps": zoo.recipe.train_config.max_steps,
-            "corpus_origin": zoo.meta["corpus"]["origin"],
+            **_provenance(zoo),
             "wall_seconds": time.perf_counter() - started,
             "processes": info.world_size,
         }
@@ -145,10 +256,14 @@ def _cmd_sample(args) -> int:
     from llmbook.generate import generate
     from llmbook.zoo import load_or_train
 
+    recipe = _resolve(args.recipe, args.profile)
+    _check_environment(recipe, will_train=False)
     zoo = load_or_train(args.recipe, args.profile, device=args.device, progress=True)
     tok = zoo.tokenizer
     # A model trained on BOS-prefixed windows expects its prompt to start with BOS too.
     prompt = tok.encode(args.prompt, bos=zoo.recipe.train_config.bos_id is not None)
+    if not prompt:
+        raise UsageError("--prompt: is empty, and this model (trained without BOS) needs a token")
     generator = torch.Generator().manual_seed(args.seed)
     out = generate(
         zoo.model,
@@ -169,6 +284,7 @@ def _cmd_sample(args) -> int:
             "command": "sample",
             "recipe": args.recipe,
             "profile": zoo.recipe.profile,
+            **_provenance(zoo),
             "samples": samples,
             "mean_logp": float(out.logps[out.completion_mask].mean()),
             "seed": args.seed,
@@ -181,17 +297,27 @@ def _cmd_eval(args) -> int:
     import torch
 
     from llmbook.data import load_corpus, train_val_split
+    from llmbook.data.corpora import CORPORA
     from llmbook.train import evaluate
     from llmbook.zoo import load_or_train
 
+    recipe = _resolve(args.recipe, args.profile)
+    if args.corpus is not None and args.corpus not in CORPORA:
+        raise UsageError(f"--corpus: unknown corpus {args.corpus!r}; known: {sorted(CORPORA)}")
+    _check_environment(recipe, will_train=False)
     zoo = load_or_train(args.recipe, args.profile, device=args.device, progress=True)
     name = args.corpus or zoo.recipe.recipe.corpus
     corpus = load_corpus(name)
-    data = corpus.text.encode("utf-8")
-    ids = torch.tensor(zoo.tokenizer.encode(data), dtype=torch.long)
+    tok = zoo.tokenizer
+    # Tokenized exactly as training tokenized it, so the validation split is the same tokens.
+    ids = torch.tensor(tok.encode(corpus.text), dtype=torch.long)
     if args.corpus is None:
         _, ids = train_val_split(ids, zoo.recipe.recipe.train_fraction)
-    result = evaluate(zoo.model, ids, bos_id=zoo.recipe.train_config.bos_id)
+    n_bytes = len(tok.decode_bytes(ids))  # what bits per byte divide by, for any tokenizer
+    result = evaluate(
+        zoo.model, ids, bos_id=zoo.recipe.train_config.bos_id, n_bytes=n_bytes or None
+    )
+    model_origin = _provenance(zoo)
     _emit(
         {
             "command": "eval",
@@ -200,10 +326,13 @@ def _cmd_eval(args) -> int:
             "corpus": name,
             "split": "val" if args.corpus is None else "all",
             "corpus_origin": corpus.origin,
+            "train_corpus_origin": model_origin["corpus_origin"],
+            "fallback": model_origin["fallback"],
             "val_loss": result.loss,
             "perplexity": result.perplexity,
             "bits_per_byte": result.bits_per_byte,
             "n_tokens": result.n_tokens,
+            "n_bytes": n_bytes,
         }
     )
     return 0
@@ -212,11 +341,11 @@ def _cmd_eval(args) -> int:
 def _cmd_zoo(args) -> int:
     import hashlib
 
-    from llmbook.zoo import RECIPES, checkpoint_dir, resolve
+    from llmbook.zoo import RECIPES, checkpoint_dir
 
     rows = []
     for name in sorted(RECIPES):
-        resolved = resolve(name, args.profile)
+        resolved = _resolve(name, args.profile)
         rows.append(
             {
                 "recipe": name,
@@ -228,9 +357,8 @@ def _cmd_zoo(args) -> int:
         )
     if args.action == "list":
         for r in rows:
-            print(
-                f"{r['recipe']:24s} {r['profile']:4s} {r['key']} {'cached' if r['cached'] else '-':7s} {r['description']}"
-            )
+            cached = "cached" if r["cached"] else "-"
+            print(f"{r['recipe']:24s} {r['profile']:4s} {r['key']} {cached:7s} {r['description']}")
         _emit({"command": "zoo list", "recipes": rows})
     else:
         key = hashlib.sha256("".join(r["key"] for r in rows).encode()).hexdigest()[:16]
@@ -244,20 +372,48 @@ def _cmd_zoo(args) -> int:
     return 0
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    # The package warns (a corpus fallback, a checkpoint moved aside); a command shows each as one
+    # line, without the source location that Python's default format adds.
+    text = str(message).removeprefix("llmbook: ")
+    print(f"llmbook: warning: {text}", file=sys.stderr, flush=True)
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from llmbook.data.corpora import ChecksumError
+    from llmbook.paths import CacheDirError
+    from llmbook.zoo import CheckpointError
+
+    return (SetupError, CacheDirError, CheckpointError, ChecksumError)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line.
 
     :param argv: arguments (default: ``sys.argv[1:]``).
-    :returns: the exit status: 0 on success, 2 for bad arguments or an unknown recipe.
+    :returns: the exit status: 0 on success, 2 when the command line is wrong, 1 for any other error.
+    :raises SystemExit: with status 2 for arguments the parser rejects (after printing the error
+        line), and with status 0 for ``--help``.
     """
     args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _run(args)
+
+
+def _run(args) -> int:
     handlers = {"train": _cmd_train, "sample": _cmd_sample, "eval": _cmd_eval, "zoo": _cmd_zoo}
     try:
         return handlers[args.command](args)
-    except KeyError as err:
-        return _fail(str(err.args[0]) if err.args else str(err))
-    except ValueError as err:
-        return _fail(str(err))
+    except UsageError as err:
+        return _refuse(str(err), type(err).__name__, EXIT_USAGE)
+    except Exception as err:
+        kind = type(err).__name__
+        if isinstance(err, _expected_errors()):
+            return _refuse(str(err), kind, EXIT_RUNTIME)
+        # A bug, not bad input: keep the traceback for the report.
+        traceback.print_exc()
+        return _refuse(f"internal error: {kind}: {err}", kind, EXIT_RUNTIME)
 
 
 if __name__ == "__main__":
