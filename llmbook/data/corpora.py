@@ -2,8 +2,8 @@
 
 Where a corpus comes from, in order: the local mirror (``LLMBOOK_DATA_DIR``), the cache
 (``LLMBOOK_CACHE_DIR``), a download from the canonical source; and when all of these fail, a fallback
-corpus that ships with Python itself (the text of Python's own help topics), announced on stderr and in
-:attr:`Corpus.origin` so it is never used silently.
+corpus that ships with Python itself (the text of Python's own help topics), announced by a
+:class:`FallbackCorpusWarning` and in :attr:`Corpus.origin` so it is never used silently.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import sys
 import tempfile
 import urllib.request
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +29,8 @@ class CorpusFile:
     """Path inside the mirror and cache, e.g. ``"wikitext-2/valid.txt"``."""
     url: str
     """The canonical download (a text file, or a zip archive holding ``member``)."""
-    sha256: str | None
-    """Checksum of the file itself; None where only the archive's checksum is published."""
+    sha256: str
+    """Checksum of the file itself (every corpus is verified, and zoo keys use it)."""
     member: str | None = None
     """Path of the file inside the zip archive at ``url``."""
     archive_sha256: str | None = None
@@ -66,7 +66,8 @@ CORPORA: dict[str, CorpusFile] = {
     "wikitext-2/train": CorpusFile(
         name="wikitext-2/train.txt",
         url=_WIKITEXT_ZIP,
-        sha256=None,
+        # The pytorch/examples copy (same bytes as the zip member, like valid and test) publishes it.
+        sha256="9e9fa1ad55b1c2c95b08e37dd8e653f638fac2c6de904b79e813611eefbc985f",
         member="wikitext-2/wiki.train.tokens",
         archive_sha256=_WIKITEXT_ZIP_SHA,
     ),
@@ -86,6 +87,13 @@ CORPORA: dict[str, CorpusFile] = {
     ),
 }
 """The corpora llmbook knows, by name: TinyShakespeare and the three WikiText-2 splits."""
+
+
+class FallbackCorpusWarning(UserWarning):
+    """The real corpus was unavailable and the offline fallback corpus is used instead.
+
+    Introduced in {doc}`/book/part2/02-batching`.
+    """
 
 
 class ChecksumError(ValueError):
@@ -153,7 +161,7 @@ def load_corpus(name: str, *, download: bool = True, timeout: float = 30.0) -> C
     :param download: try the canonical source when mirror and cache lack the file.
     :param timeout: seconds to wait for the network.
     :returns: the :class:`Corpus`; ``origin == "fallback"`` means the real corpus was unavailable
-        (a message on stderr says so too).
+        (a :class:`FallbackCorpusWarning` says so too).
     :raises KeyError: for an unknown corpus name.
     :raises ChecksumError: when a mirror or cached file has the wrong checksum (never replaced silently).
 
@@ -182,11 +190,12 @@ def load_corpus(name: str, *, download: bool = True, timeout: float = 30.0) -> C
         else:
             _write_atomic(cached, data)
             return Corpus(name, data.decode("utf-8"), "download", cached)
-    print(
+    warnings.warn(
         f"llmbook: corpus {name!r} is not available ({problem}; no mirror in LLMBOOK_DATA_DIR); "
         "using the OFFLINE FALLBACK corpus instead: Python's own help topics (pydoc_data.topics). "
         "Losses and samples will not match the book.",
-        file=sys.stderr,
+        FallbackCorpusWarning,
+        stacklevel=2,
     )
     return Corpus(name, fallback_text(), "fallback", None)
 

@@ -8,8 +8,10 @@ A checkpoint is a directory ``step-00001234/`` holding
 - ``checkpoint.json``: the step, the model and training configs, the history so far, the optimizer's
   hyperparameters and Python's and NumPy's random states.
 
-Nothing is pickled, so loading a checkpoint runs no code. The directory is written under a temporary
-name and renamed into place, so a crash mid-save leaves the previous checkpoint intact; only the last
+Nothing is pickled, so loading a checkpoint runs no code, and the JSON records the sha256 of both tensor
+files, so flipped bytes are caught on load. The directory is written under a temporary name that
+carries the writer's pid and renamed into place, so a crash mid-save leaves the previous checkpoint
+intact; a later save deletes only temporaries whose writer is gone, never a live run's. Only the last
 ``keep_last`` checkpoints are kept. The learning-rate schedule is a pure function of the step (see
 :mod:`llmbook.train.schedule`), so the step is its whole state.
 """
@@ -19,8 +21,8 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import sys
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +30,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from llmbook.zoo.checkpoint import CheckpointError, load_weights, read_meta, save_checkpoint
+from llmbook.storage import (
+    CHECKSUMS,
+    CheckpointError,
+    CheckpointWarning,
+    load_weights,
+    owner_tag,
+    read_meta,
+    recorded_sha256,
+    remove_stale_temps,
+    save_checkpoint,
+    sha256_hex,
+    tensors_from_bytes,
+    tensors_to_bytes,
+)
+from llmbook.train.distributed import any_rank, barrier, world
 
 STATE = "state.safetensors"
 PREFIX = "step-"
@@ -136,14 +152,13 @@ def save_training_state(
 
     Introduced in {doc}`/book/part4/04-checkpointing`.
     """
-    from safetensors.torch import save
-
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(step)
     optim_tensors, optim_plain = _optimizer_tensors(optimizer)
     tensors = {**optim_tensors, **_rng_tensors(generator)}
     py_state, np_state = random.getstate(), np.random.get_state()
+    state_bytes = tensors_to_bytes(tensors)
     meta = {
         "kind": "training-state",
         "step": step,
@@ -154,19 +169,21 @@ def save_training_state(
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         "rng_python": [py_state[0], list(py_state[1]), py_state[2]],
         "rng_numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        CHECKSUMS: {STATE: sha256_hex(state_bytes)},
     }
-    for stale in root.glob(f".{PREFIX}*.tmp"):  # left by a crash mid-save: never a checkpoint
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.", suffix=".tmp"))
+    # Left by a crash mid-save (never a checkpoint); a live run's temporaries are not touched.
+    remove_stale_temps(root, f".{PREFIX}*.tmp")
+    tag = owner_tag()
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.{tag}.", suffix=".tmp"))
     try:
         with open(tmp / STATE, "wb") as f:
-            f.write(save(tensors, metadata={"format": "pt"}))
+            f.write(state_bytes)
             f.flush()
             os.fsync(f.fileno())
         save_checkpoint(tmp, model, meta)  # fsynced too; the JSON is written last
         old = None
         if final.exists():  # re-saving a step: move the old copy aside so one always exists
-            old = final.with_name(f".{final.name}.old.tmp")
+            old = final.with_name(f".{final.name}.old.{tag}.tmp")
             final.rename(old)
         tmp.rename(final)
         _fsync_dir(root)  # make the rename itself durable
@@ -231,9 +248,6 @@ def load_training_state(
 
     Introduced in {doc}`/book/part4/04-checkpointing`.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
     directory = Path(directory)
     meta = read_meta(directory)
     if meta.get("kind") != "training-state":
@@ -247,12 +261,13 @@ def load_training_state(
             f"{directory}: written for {_describe_mismatch('training', meta['train'], train_config)}"
         )
     try:
-        tensors = load((directory / STATE).read_bytes())
+        data = (directory / STATE).read_bytes()
     except FileNotFoundError as err:
         raise CheckpointError(f"{directory / STATE}: missing training state") from err
-    except (SafetensorError, ValueError, RuntimeError, OSError) as err:
-        raise CheckpointError(f"{directory / STATE}: truncated or corrupt ({err})") from err
-    load_weights(directory, model)
+    except OSError as err:
+        raise CheckpointError(f"{directory / STATE}: unreadable ({err})") from err
+    tensors = tensors_from_bytes(data, recorded_sha256(meta, STATE, directory), directory / STATE)
+    load_weights(directory, model, meta)
 
     state: dict = {}
     for name, tensor in tensors.items():
@@ -292,9 +307,12 @@ def load_training_state(
 def load_latest(root: str | Path, **kwargs) -> TrainingState | None:
     """Resume from the newest readable checkpoint under ``root``.
 
-    A corrupt newest checkpoint (say, a disk filled up mid-write on a system without atomic renames) is
-    reported on stderr and moved aside to ``<name>.corrupt``, never deleted, and the next older one is
-    tried. A checkpoint for a different config is not skipped: that raises.
+    A corrupt newest checkpoint (flipped bytes caught by its sha256, or a disk that filled up
+    mid-write on a system without atomic renames) is reported with a
+    :class:`~llmbook.storage.CheckpointWarning` and moved aside to ``<name>.corrupt``, never
+    deleted, and the next older one is tried. Under ``torchrun`` the ranks agree on each verdict
+    (a checkpoint unreadable on any rank is skipped by all) and rank 0 alone moves it aside while the
+    others wait. A checkpoint for a different config is not skipped: that raises.
 
     :param root: the run's checkpoint directory.
     :param kwargs: passed to :func:`load_training_state`.
@@ -304,17 +322,26 @@ def load_latest(root: str | Path, **kwargs) -> TrainingState | None:
     Introduced in {doc}`/book/part4/04-checkpointing`.
     """
     candidates = list_checkpoints(root)
+    rank, _ = world()
     errors = []
     for directory in reversed(candidates):
+        error = None
         try:
-            return load_training_state(directory, **kwargs)
+            restored = load_training_state(directory, **kwargs)
         except CheckpointMismatchError:
             raise
         except CheckpointError as err:
-            errors.append(str(err))
+            error = str(err)
+        if not any_rank(error is not None):
+            return restored
+        errors.append(error or f"{directory}: unreadable on another rank")
+        if rank == 0:
             aside = directory.with_name(directory.name + ".corrupt")
-            print(f"llmbook: {err}; moved aside to {aside.name}", file=sys.stderr)
+            warnings.warn(
+                f"llmbook: {errors[-1]}; moved aside to {aside.name}", CheckpointWarning, 2
+            )
             directory.rename(aside)
+        barrier()
     if candidates:
         raise CheckpointError(f"{root}: no readable checkpoint ({'; '.join(errors)})")
     return None

@@ -109,6 +109,26 @@ def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` is true on any process: one verdict that every rank agrees on.
+
+    A no-op outside a process group. Under NCCL the vote travels on this rank's GPU.
+
+    :param flag: this process's answer.
+    :returns: True when at least one rank passed True.
+
+    Introduced in {doc}`/book/part4/06-distributed`.
+    """
+    if world()[1] == 1:
+        return flag
+    device = "cpu"
+    if dist.get_backend() == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    vote = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(vote, op=dist.ReduceOp.MAX)
+    return bool(vote.item())
+
+
 def barrier() -> None:
     """Wait until every process gets here (a no-op outside a process group)."""
     if world()[1] > 1:

@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from llmbook.data.corpora import CORPORA, Corpus, sha256_of
 from llmbook.model.config import ModelConfig
 from llmbook.train.loop import TrainConfig
+from llmbook.zoo.key import source_digest, torch_minor
 
 PROFILES = ("cpu", "gpu")
 
@@ -47,7 +49,10 @@ class Recipe:
 
 @dataclass(frozen=True)
 class ResolvedRecipe:
-    """A recipe with one profile applied: concrete configs and the hash that keys its checkpoint."""
+    """A recipe with one profile applied: concrete configs and the hash that keys its checkpoint.
+
+    Introduced in {doc}`/book/part2/04-training-loop`.
+    """
 
     recipe: Recipe
     """The recipe."""
@@ -57,28 +62,39 @@ class ResolvedRecipe:
     """The model config."""
     train_config: TrainConfig
     """The training config."""
+    corpus_sha256: str
+    """sha256 of the corpus text trained on: the registry's checksum of the real corpus unless
+    :func:`resolve` was given the corpus actually loaded."""
+    corpus_fallback: bool = False
+    """True when that corpus is the offline fallback (see :func:`llmbook.data.corpora.load_corpus`)."""
 
     def to_dict(self) -> dict:
         """Everything that determines the trained weights, as JSON-friendly data.
 
-        :returns: the dict that :attr:`key` hashes.
+        :returns: the dict that :attr:`key` hashes: the recipe and profile, the corpus sha256, the
+            digest of the training sources (:func:`llmbook.zoo.key.source_digest`) and the torch
+            release series (:func:`llmbook.zoo.key.torch_minor`).
         """
-        from llmbook import __version__
-
         return {
             "name": self.recipe.name,
             "profile": self.profile,
             "corpus": self.recipe.corpus,
+            "corpus_sha256": self.corpus_sha256,
+            "corpus_fallback": self.corpus_fallback,
             "train_fraction": self.recipe.train_fraction,
             "tokenizer": self.recipe.tokenizer,
             "model": self.model_config.to_dict(),
             "train": self.train_config.to_dict(),
-            "llmbook_version": __version__,
+            "source_sha256": source_digest(),
+            "torch": torch_minor(),
         }
 
     @property
     def key(self) -> str:
-        """sha256 of :meth:`to_dict` (recipe, profile and package version), 16 hex digits."""
+        """sha256 of :meth:`to_dict`, 16 hex digits: it changes with the recipe, the profile, the
+        training code, the torch release series (major.minor) and the corpus text, so a cached
+        checkpoint is never served after any of them changed, and a model trained on the offline
+        fallback corpus never under the real corpus's key."""
         blob = json.dumps(self.to_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -113,14 +129,20 @@ def default_profile() -> str:
     return "gpu" if torch.cuda.is_available() else "cpu"
 
 
-def resolve(name: str, profile: str | None = None) -> ResolvedRecipe:
+def resolve(
+    name: str, profile: str | None = None, *, corpus: Corpus | None = None
+) -> ResolvedRecipe:
     """Look up a recipe and apply a profile.
 
     :param name: the recipe name.
     :param profile: ``"cpu"``, ``"gpu"`` or None for :func:`default_profile`.
+    :param corpus: the corpus actually loaded for training; its text's sha256 goes into the key.
+        Default: the registry's sha256 of the real corpus (no file is read), the key that
+        ``llmbook zoo list`` shows.
     :returns: the resolved recipe.
     :raises KeyError: for an unknown recipe (the message lists the known ones).
-    :raises ValueError: for an unknown profile or an invalid config field.
+    :raises ValueError: for an unknown profile or an invalid config field, or a corpus without a
+        registered sha256.
 
     Introduced in {doc}`/book/part2/04-training-loop`.
     """
@@ -133,11 +155,20 @@ def resolve(name: str, profile: str | None = None) -> ResolvedRecipe:
     overrides = recipe.profiles.get(profile, {})
     model = {**copy.deepcopy(recipe.model), **overrides.get("model", {})}
     train = {**copy.deepcopy(recipe.train), **overrides.get("train", {})}
+    if corpus is not None:
+        sha, fallback = sha256_of(corpus.text.encode("utf-8")), corpus.origin == "fallback"
+    else:
+        spec = CORPORA.get(recipe.corpus)
+        if spec is None or spec.sha256 is None:
+            raise ValueError(f"corpus: {recipe.corpus!r} has no registered sha256 to key on")
+        sha, fallback = spec.sha256, False
     return ResolvedRecipe(
         recipe=recipe,
         profile=profile,
         model_config=ModelConfig.from_dict(model),
         train_config=TrainConfig.from_dict(train),
+        corpus_sha256=sha,
+        corpus_fallback=fallback,
     )
 
 

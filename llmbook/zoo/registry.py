@@ -2,27 +2,42 @@
 
 from __future__ import annotations
 
+import contextlib
+import random
 import shutil
-import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from llmbook.data.batching import train_val_split
-from llmbook.data.corpora import load_corpus
+from llmbook.data.corpora import Corpus, load_corpus
 from llmbook.model.config import ModelConfig
 from llmbook.model.gpt import GPT
-from llmbook.paths import cache_dir
+from llmbook.paths import cache_dir, ensure_writable_dir
+from llmbook.storage import CheckpointWarning, remove_stale_temps
 from llmbook.tokenizer import tokenizer_from_dict
 from llmbook.tokenizer.bpe import BPETokenizer
 from llmbook.tokenizer.byte import ByteTokenizer
 from llmbook.tokenizer.hf import HFTokenizer
 from llmbook.train.distributed import barrier, world
 from llmbook.train.loop import train
-from llmbook.zoo.checkpoint import CheckpointError, load_weights, read_meta, save_checkpoint
+from llmbook.zoo.checkpoint import (
+    CheckpointError,
+    check_shapes,
+    load_weights,
+    read_meta,
+    save_checkpoint,
+)
 from llmbook.zoo.recipes import ResolvedRecipe, resolve
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; concurrent runs of one recipe are not serialised
+    fcntl = None
 
 
 @dataclass
@@ -37,30 +52,44 @@ class ZooModel:
     tokenizer: ByteTokenizer | BPETokenizer | HFTokenizer
     """Its tokenizer (see :func:`llmbook.tokenizer.tokenizer_from_dict`)."""
     recipe: ResolvedRecipe
-    """The recipe and profile it was made with."""
+    """The recipe and profile it was made with (its key is the checkpoint's key)."""
     meta: dict
     """The checkpoint's JSON (metrics, history, corpus origin, ...)."""
     path: Path
     """The checkpoint directory."""
     trained_now: bool
     """True when this call trained it; False when it was loaded."""
+    corpus_origin: str = ""
+    """Where the corpus it was trained on came from: ``"mirror"``, ``"cache"``, ``"download"`` or
+    ``"fallback"`` (see :class:`llmbook.data.corpora.Corpus`)."""
+    fallback: bool = False
+    """True when it was trained on the offline fallback corpus, not the recipe's real one: its
+    numbers will not match the book, and it is keyed apart from the real model."""
 
 
 def checkpoint_dir(recipe: ResolvedRecipe, root: Path | None = None) -> Path:
     """Where the checkpoint of a resolved recipe lives: ``<cache>/zoo/<name>-<profile>-<key>``.
+
+    A recipe resolved on the offline fallback corpus lives in ``<name>-<profile>-fallback-<key>``, so
+    the difference shows in a directory listing too.
 
     :param recipe: the resolved recipe.
     :param root: cache root (default: :func:`llmbook.paths.cache_dir`).
     :returns: the directory path (it may not exist).
     """
     root = root or cache_dir()
-    return root / "zoo" / f"{recipe.recipe.name}-{recipe.profile}-{recipe.key}"
+    tag = "-fallback" if recipe.corpus_fallback else ""
+    return root / "zoo" / f"{recipe.recipe.name}-{recipe.profile}{tag}-{recipe.key}"
 
 
 def load_checkpoint(
     directory: str | Path, *, device: torch.device | str = "cpu"
 ) -> tuple[GPT, dict]:
-    """Load any checkpoint directory written by :func:`~llmbook.zoo.checkpoint.save_checkpoint`.
+    """Load any checkpoint directory written by :func:`~llmbook.storage.save_checkpoint`.
+
+    The weights file's header is checked against the config in the JSON on the ``meta`` device
+    first (see :func:`~llmbook.zoo.checkpoint.check_shapes`), so nothing is allocated for a
+    checkpoint that does not fit; then the weights' sha256 is verified and they are loaded.
 
     :param directory: the checkpoint directory.
     :param device: where to put the model.
@@ -72,12 +101,13 @@ def load_checkpoint(
     meta = read_meta(directory)
     try:
         config = ModelConfig.from_dict(meta["model"])
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise CheckpointError(
             f"{directory}: invalid model config in checkpoint.json ({err})"
         ) from err
+    check_shapes(directory, config)
     model = GPT(config)
-    load_weights(directory, model)
+    load_weights(directory, model, meta)
     return model.to(device).eval(), meta
 
 
@@ -90,15 +120,86 @@ def partial_dir(directory: Path) -> Path:
     return directory.with_name(directory.name + ".partial")
 
 
+@contextlib.contextmanager
+def _locked(directory: Path):
+    # One process per checkpoint directory trains or writes; the others wait, then load its result.
+    # Under torchrun the ranks train together, so they must not exclude each other.
+    if fcntl is None or world()[1] > 1:
+        yield
+        return
+    with open(directory.with_name(directory.name + ".lock"), "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _rng_untouched():
+    # Building or training a model draws random numbers; the caller's generators must come out the
+    # same whether this call trained or loaded.
+    py_state, np_state = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+def _expect(directory: Path, field: str, stored, wanted) -> None:
+    if stored != wanted:
+        raise CheckpointError(
+            f"{directory}: stored {field} {stored!r} differs from the recipe's {wanted!r}"
+        )
+
+
+def _load_cached(directory: Path, recipe: ResolvedRecipe, device: torch.device) -> ZooModel | None:
+    # The checkpoint of this key, checked against the recipe; a broken one is moved aside.
+    if not directory.exists():
+        return None
+    try:
+        meta = read_meta(directory)
+        _expect(directory, "recipe key", meta.get("key"), recipe.key)
+        _expect(directory, "model config", meta.get("model"), recipe.model_config.to_dict())
+        tokenizer = tokenizer_from_dict(recipe.recipe.tokenizer)
+        _expect(directory, "tokenizer", meta.get("tokenizer"), tokenizer.to_dict())
+        model, meta = load_checkpoint(directory, device=device)
+    except CheckpointError as err:
+        aside = directory.with_name(f"{directory.name}.unreadable-{int(time.time())}")
+        try:
+            directory.rename(aside)
+        except FileNotFoundError:  # another rank of this torchrun job moved it already
+            return None
+        warnings.warn(
+            f"llmbook: {err}; moved it to {aside} and training again", CheckpointWarning, 2
+        )
+        return None
+    remove_stale_temps(directory, ".*.tmp")  # a save killed after the JSON was first written
+    corpus = meta.get("corpus", {})
+    return ZooModel(
+        model,
+        tokenizer,
+        recipe,
+        meta,
+        directory,
+        False,
+        corpus_origin=corpus.get("origin", ""),
+        fallback=recipe.corpus_fallback,
+    )
+
+
 def _train(
     recipe: ResolvedRecipe,
+    corpus: Corpus,
     device: torch.device,
     progress: bool,
     log_every: int,
     partial: Path | None = None,
 ):
     tokenizer = tokenizer_from_dict(recipe.recipe.tokenizer)
-    corpus = load_corpus(recipe.recipe.corpus)
     ids = torch.tensor(tokenizer.encode(corpus.text), dtype=torch.long)
     train_ids, val_ids = train_val_split(ids, recipe.recipe.train_fraction)
     torch.manual_seed(recipe.train_config.seed)
@@ -121,7 +222,12 @@ def _train(
         "key": recipe.key,
         "model": recipe.model_config.to_dict(),
         "tokenizer": tokenizer.to_dict(),
-        "corpus": {"name": corpus.name, "origin": corpus.origin, "n_tokens": len(ids)},
+        "corpus": {
+            "name": corpus.name,
+            "origin": corpus.origin,
+            "n_tokens": len(ids),
+            "sha256": recipe.corpus_sha256,
+        },
         "metrics": {
             "val_loss": history.final_val_loss,
             "train_seconds": history.train_seconds,
@@ -148,11 +254,18 @@ def load_or_train(
 ) -> ZooModel:
     """The zoo's one entry point: a trained model for a recipe, from cache when possible.
 
-    The checkpoint directory is keyed by a hash of the resolved recipe and the package version, so a
-    changed recipe never loads a stale model. A checkpoint that cannot be read is moved aside (never
-    deleted) with a message on stderr, and the model is trained again. Training keeps resumable
-    checkpoints in :func:`partial_dir`, so an interrupted run picks up where it stopped. Under
-    ``torchrun`` every process trains its share and rank 0 writes the checkpoint.
+    The checkpoint directory is keyed by :attr:`~llmbook.zoo.recipes.ResolvedRecipe.key`: a hash of
+    the resolved recipe, the training code, the torch release series and the corpus's sha256, so a
+    changed recipe, code, torch or corpus never loads a stale model. When the real corpus cannot be
+    had, training uses the offline fallback corpus; that model is keyed (and named ``...-fallback-...``)
+    apart from the real one, reported by :attr:`ZooModel.fallback`, and never served once the real
+    corpus is available. A checkpoint that cannot be read (checksum, shapes, or a config that differs
+    from the recipe) is moved aside, never deleted, with a :class:`~llmbook.storage.CheckpointWarning`,
+    and the model is trained again. Training keeps resumable checkpoints in :func:`partial_dir`, so an
+    interrupted run picks up where it stopped. A lock file per checkpoint serialises processes asking
+    for the same recipe: one trains, the others wait and load its checkpoint. Under ``torchrun`` every
+    process trains its share and rank 0 writes the checkpoint. The global random states (Python,
+    NumPy, torch) are the same afterwards whether the model was trained or loaded.
 
     :param name: the recipe name (see :data:`llmbook.zoo.recipes.RECIPES`).
     :param profile: ``"cpu"``, ``"gpu"`` or None for the default (see
@@ -163,6 +276,7 @@ def load_or_train(
     :param progress: show a progress bar while training.
     :param log_every: print a log line every this many steps while training (0: never).
     :returns: the :class:`ZooModel`.
+    :raises llmbook.paths.CacheDirError: when the cache directory cannot be written (checked first).
 
     Introduced in {doc}`/book/part2/04-training-loop`.
     """
@@ -170,28 +284,46 @@ def load_or_train(
     if device is None:
         device = "cuda" if recipe.profile == "gpu" and torch.cuda.is_available() else "cpu"
     device = torch.device(device)
-    directory = checkpoint_dir(recipe, root)
-    if directory.exists() and not retrain:
-        try:
-            model, meta = load_checkpoint(directory, device=device)
-            if meta.get("key") != recipe.key:
-                raise CheckpointError(f"{directory}: recipe key {meta.get('key')} != {recipe.key}")
-            return ZooModel(
-                model, tokenizer_from_dict(meta["tokenizer"]), recipe, meta, directory, False
-            )
-        except CheckpointError as err:
-            aside = directory.with_name(f"{directory.name}.unreadable-{int(time.time())}")
-            directory.rename(aside)
-            print(
-                f"llmbook: {err}\nllmbook: moved it to {aside} and training again.", file=sys.stderr
-            )
+    root = ensure_writable_dir(root or cache_dir())
+    ensure_writable_dir(root / "zoo")
+    with _rng_untouched():
+        directory = checkpoint_dir(recipe, root)
+        if not retrain:
+            with _locked(directory):
+                found = _load_cached(directory, recipe, device)
+            if found is not None:
+                return found
+        corpus = load_corpus(recipe.recipe.corpus)
+        if corpus.origin == "fallback":
+            recipe = resolve(name, recipe.profile, corpus=corpus)
+            directory = checkpoint_dir(recipe, root)
+        with _locked(directory):
+            if not retrain:  # another process may have finished it while this one waited
+                found = _load_cached(directory, recipe, device)
+                if found is not None:
+                    return found
+            return _train_and_save(recipe, corpus, directory, device, progress, log_every)
+
+
+def _train_and_save(recipe, corpus, directory, device, progress, log_every) -> ZooModel:
     # Training writes resumable checkpoints to <directory>.partial: an interrupted run continues where
-    # it stopped, with bit-identical results (the partial run has the same recipe key by construction).
+    # it stopped, with bit-identical results (the partial run has the same key by construction).
     partial = partial_dir(directory)
     rank, _ = world()
-    model, tokenizer, meta = _train(recipe, device, progress and rank == 0, log_every, partial)
+    model, tokenizer, meta = _train(
+        recipe, corpus, device, progress and rank == 0, log_every, partial
+    )
     if rank == 0:
         save_checkpoint(directory, model, meta)
         shutil.rmtree(partial, ignore_errors=True)
     barrier()
-    return ZooModel(model, tokenizer, recipe, read_meta(directory), directory, True)
+    return ZooModel(
+        model,
+        tokenizer,
+        recipe,
+        read_meta(directory),
+        directory,
+        True,
+        corpus_origin=corpus.origin,
+        fallback=recipe.corpus_fallback,
+    )

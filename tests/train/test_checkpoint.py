@@ -1,12 +1,16 @@
 """Training checkpoints: bit-exact resume, atomic writes, keep-last-N, clear refusals (Part 4.4)."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from llmbook.model.config import ModelConfig
 from llmbook.model.gpt import GPT
+from llmbook.storage import CheckpointWarning, owner_tag
+from llmbook.train import checkpoint as train_checkpoint
 from llmbook.train.checkpoint import (
     CheckpointError,
     CheckpointMismatchError,
@@ -139,8 +143,10 @@ def test_corrupt_newest_checkpoint_is_reported_moved_aside_and_the_previous_one_
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         _restore(newest, tiny_model(), cfg)
     model = tiny_model()
-    history = train(model, TEXT[:1500], TEXT[1500:], cfg, progress=False, checkpoint_dir=tmp_path)
-    assert "moved aside" in capsys.readouterr().err
+    with pytest.warns(CheckpointWarning, match="moved aside"):
+        history = train(
+            model, TEXT[:1500], TEXT[1500:], cfg, progress=False, checkpoint_dir=tmp_path
+        )
     assert (tmp_path / "step-00000010.corrupt").is_dir()  # kept for inspection, never deleted
     straight = train(tiny_model(), TEXT[:1500], TEXT[1500:], cfg, progress=False)
     assert history.train_loss == straight.train_loss  # resumed from step 5 and still exact
@@ -174,3 +180,102 @@ def test_a_zoo_model_is_not_a_training_checkpoint(tmp_path):
     save_checkpoint(tmp_path / "step-00000001", model, {"model": model.config.to_dict()})
     with pytest.raises(CheckpointError, match="not a training checkpoint"):
         _restore(tmp_path / "step-00000001", model, config())
+
+
+def _two_checkpoints(tmp_path):
+    cfg = config()
+    train(
+        tiny_model(),
+        TEXT[:1500],
+        TEXT[1500:],
+        cfg,
+        progress=False,
+        checkpoint_dir=tmp_path,
+        checkpoint_every=5,
+        keep_last=0,
+        stop_at=10,
+    )
+    return cfg, tmp_path / "step-00000010"
+
+
+def _flip_data_byte(path):
+    data = bytearray(path.read_bytes())
+    data[8 + int.from_bytes(data[:8], "little") + 7] ^= 0x10  # tensor data, not the header
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "state.safetensors"])
+def test_a_flipped_byte_makes_load_latest_use_the_previous_checkpoint(tmp_path, name):
+    cfg, newest = _two_checkpoints(tmp_path)
+    _flip_data_byte(newest / name)
+    with pytest.raises(CheckpointError, match="sha256"):
+        _restore(newest, tiny_model(), cfg)
+    model = tiny_model()
+    opt = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    with pytest.warns(CheckpointWarning, match="sha256"):
+        state = train_checkpoint.load_latest(
+            tmp_path,
+            model=model,
+            optimizer=opt,
+            model_config=model.config.to_dict(),
+            train_config=cfg.to_dict(),
+            generator=torch.Generator(),
+        )
+    assert state.step == 5 and (tmp_path / "step-00000010.corrupt").is_dir()
+
+
+def test_only_rank_0_moves_a_corrupt_checkpoint_aside(tmp_path, monkeypatch):
+    # Under torchrun every rank resumes; a rename on every rank at once fails on all but one.
+    cfg, newest = _two_checkpoints(tmp_path)
+    _flip_data_byte(newest / "model.safetensors")
+    monkeypatch.setattr(train_checkpoint, "world", lambda: (1, 2))
+    monkeypatch.setattr(train_checkpoint, "any_rank", lambda flag: flag)
+    waited = []
+    monkeypatch.setattr(train_checkpoint, "barrier", lambda: waited.append(True))
+    model = tiny_model()
+    state = _load_latest(tmp_path, model, cfg)
+    assert state.step == 5 and waited == [True]
+    assert newest.is_dir() and not (tmp_path / "step-00000010.corrupt").exists()
+    monkeypatch.setattr(train_checkpoint, "world", lambda: (0, 2))
+    with pytest.warns(CheckpointWarning):
+        assert _load_latest(tmp_path, tiny_model(), cfg).step == 5
+    assert (tmp_path / "step-00000010.corrupt").is_dir()
+
+
+def _load_latest(root, model, cfg):
+    return train_checkpoint.load_latest(
+        root,
+        model=model,
+        optimizer=build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay),
+        model_config=model.config.to_dict(),
+        train_config=cfg.to_dict(),
+        generator=torch.Generator(),
+    )
+
+
+def test_a_save_deletes_only_temporaries_whose_owner_is_gone(tmp_path):
+    host = owner_tag().split("@", 1)[1]
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
+    )
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        tmp_path.mkdir(exist_ok=True)
+        live_run = tmp_path / f".step-00000004.pid{alive.pid}@{host}.a1.tmp"
+        gone_run = tmp_path / f".step-00000004.pid{int(dead.stdout)}@{host}.b2.tmp"
+        legacy = tmp_path / ".step-00000004.c3.tmp"
+        for path in (live_run, gone_run, legacy):
+            path.mkdir()
+            (path / "state.safetensors").write_bytes(b"partial")
+        train(
+            tiny_model(),
+            TEXT[:1500],
+            TEXT[1500:],
+            config(max_steps=2),
+            progress=False,
+            checkpoint_dir=tmp_path,
+        )
+        assert live_run.is_dir() and not gone_run.exists() and not legacy.exists()
+    finally:
+        alive.kill()
+        alive.wait()
