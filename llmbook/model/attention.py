@@ -210,15 +210,19 @@ def build_attention_mask(
 
     A query at index ``i`` may attend to key ``j`` when ``j <= i`` (causal), and, with a window, when
     ``j > i - window`` or ``j < sinks`` (sliding window with attention sinks). With ``key_valid``,
-    padding keys are hidden; a padding query still sees itself, so that no row is empty (a softmax over
-    nothing is NaN, and NaN times zero would leak into real rows).
+    padding keys are hidden, and the window and the sinks count *real* tokens: with $r_j$ the number of
+    real tokens before column $j$, key ``j`` is in the window of query ``i`` when $r_i - r_j < W$ and
+    is a sink when $r_j < S$. A left-padded row therefore keeps as sinks its own first tokens, not the
+    padding columns, and computes what the sequence computes alone. A padding query still sees itself,
+    so that no row is empty (a softmax over nothing is NaN, and NaN times zero would leak into real
+    rows).
 
     :param T_q: number of queries.
     :param T_k: number of keys.
     :param offset: index of the first query (the number of cached tokens).
     :param key_valid: optional bool ``(B, T_k)``, True at real tokens.
-    :param window: attend only to the last ``window`` indices (None: all).
-    :param sinks: indices below this are always visible (with a window).
+    :param window: attend only to the last ``window`` real tokens (None: all).
+    :param sinks: with a window, the first ``sinks`` real tokens are always visible.
     :param device: where to allocate.
     :returns: bool ``(B or 1, 1, T_q, T_k)``, True where attention is allowed.
 
@@ -226,10 +230,17 @@ def build_attention_mask(
     """
     q_idx = offset + torch.arange(T_q, device=device)[:, None]  # (T_q, 1)
     k_idx = torch.arange(T_k, device=device)[None, :]  # (1, T_k)
-    allowed = k_idx <= q_idx
+    allowed = (k_idx <= q_idx)[None]  # (1, T_q, T_k)
     if window is not None:
-        allowed = allowed & ((k_idx > q_idx - window) | (k_idx < sinks))
-    allowed = allowed[None, None]  # (1, 1, T_q, T_k)
+        if key_valid is None:
+            q_pos, k_pos = q_idx[None], k_idx[None]  # every column is a real token
+        else:
+            # Real-token index of each column (a padding column gets its predecessor's; it is hidden).
+            real = key_valid.to(device=device, dtype=torch.long).cumsum(-1) - 1  # (B, T_k)
+            q_pos = real[:, offset : offset + T_q, None]  # (B, T_q, 1)
+            k_pos = real[:, None, :]  # (B, 1, T_k)
+        allowed = allowed & ((k_pos > q_pos - window) | (k_pos < sinks))  # (B or 1, T_q, T_k)
+    allowed = allowed[:, None]  # (B or 1, 1, T_q, T_k)
     if key_valid is not None:
         allowed = (allowed & key_valid[:, None, None, :].bool()) | (k_idx == q_idx)
     return allowed

@@ -8,7 +8,7 @@ from torch import nn
 from llmbook.model.attention import MultiHeadAttention
 from llmbook.model.config import ModelConfig
 from llmbook.model.mlp import MLP, SwiGLU
-from llmbook.model.moe import MoE
+from llmbook.model.moe import MoE, MoEStats
 from llmbook.model.norm import LayerNorm, RMSNorm
 
 
@@ -86,7 +86,8 @@ class Block(nn.Module):
         rope=None,
         cache=None,
         layer: int = 0,
-    ) -> torch.Tensor:
+        return_stats: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, MoEStats | None]:
         """Apply the block.
 
         :param x: the residual stream ``(B, T, C)``.
@@ -95,9 +96,16 @@ class Block(nn.Module):
         :param rope: rotary tables, passed to attention.
         :param cache: a KV cache, passed to attention.
         :param layer: this block's index.
-        :returns: the updated stream ``(B, T, C)``.
+        :param return_stats: also return the feed-forward layer's
+            :class:`~llmbook.model.moe.MoEStats` (None for a dense MLP).
+        :returns: the updated stream ``(B, T, C)``, or ``(stream, stats)`` with ``return_stats``.
         """
         a = self.attn(self.attn_norm(x), mask, rope=rope, cache=cache, layer=layer)
         x = x + a if self.residual else a
-        m = self.mlp(self.mlp_norm(x))
-        return x + m if self.residual else m
+        stats = None
+        if return_stats and isinstance(self.mlp, MoE):
+            m, stats = self.mlp(self.mlp_norm(x), return_stats=True)
+        else:
+            m = self.mlp(self.mlp_norm(x))
+        y = x + m if self.residual else m
+        return (y, stats) if return_stats else y

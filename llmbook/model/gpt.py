@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -12,18 +13,33 @@ from torch import nn
 from llmbook.model.attention import build_attention_mask
 from llmbook.model.block import Block, build_norm
 from llmbook.model.config import ModelConfig
-from llmbook.model.moe import MoE
+from llmbook.model.moe import MoE, MoEStats, moe_metrics
 from llmbook.model.positional import LearnedPositionalEmbedding, SinusoidalPositionalEmbedding
 from llmbook.model.rope import rope_cache
 
 
-class GPTOutput(NamedTuple):
-    """What :meth:`GPT.forward` returns; unpacks as ``logits, loss = model(idx, targets)``."""
+@dataclass(frozen=True)
+class GPTOutput:
+    """What :meth:`GPT.forward` returns; unpacks as ``logits, loss = model(idx, targets)``.
+
+    A small class rather than a ``NamedTuple``: a tuple with a third field would break the two-name
+    unpacking the whole book uses, so iterating yields exactly ``logits`` and ``loss``, and the
+    mixture-of-experts statistics are read by name (``out.moe``).
+    """
 
     logits: torch.Tensor
     """Next-token scores ``(B, T, V)``."""
-    loss: torch.Tensor | None
-    """Mean cross-entropy over positions whose target is not ``ignore_index``; None without targets."""
+    loss: torch.Tensor | None = None
+    """Mean cross-entropy over positions whose target is not ``ignore_index`` (plus the routers'
+    regularisers in training mode, see :meth:`GPT.forward`); None without targets."""
+    moe: tuple[MoEStats, ...] | None = None
+    """One :class:`~llmbook.model.moe.MoEStats` per MoE layer, bottom to top, for this forward pass;
+    None for a dense model. Turn it into a logging dict with :meth:`GPT.moe_metrics`."""
+
+    def __iter__(self) -> Iterator[torch.Tensor | None]:
+        """Yield ``logits`` then ``loss``, so that ``logits, loss = model(idx, targets)`` works."""
+        yield self.logits
+        yield self.loss
 
 
 class GPT(nn.Module):
@@ -106,8 +122,19 @@ class GPT(nn.Module):
             :class:`~llmbook.model.kv_cache.RollingKVCache` (one token per call, RoPE models).
         :returns: the final hidden states ``(B, T, C)``.
         :raises ValueError: for a sequence longer than ``block_size`` without a cache, positions beyond
-            a learned table, or a mask of the wrong shape.
+            a learned table, a mask of the wrong shape, or a mask or positions with the rolling cache.
         """
+        return self._run(idx, attention_mask=attention_mask, positions=positions, cache=cache)[0]
+
+    def _run(
+        self,
+        idx: torch.Tensor,
+        *,
+        attention_mask: torch.Tensor | None,
+        positions: torch.Tensor | None,
+        cache,
+    ) -> tuple[torch.Tensor, tuple[MoEStats, ...] | None]:
+        # hidden_states, plus the MoE layers' statistics (None for a dense model).
         B, T = idx.shape
         cfg = self.config
         device = idx.device
@@ -121,6 +148,11 @@ class GPT(nn.Module):
                 raise ValueError("pos_embedding: the rolling cache needs a rope model")
             if T != 1:
                 raise ValueError(f"idx: the rolling cache takes one token per call, got {T}")
+            if attention_mask is not None or positions is not None:
+                # Its sinks are the first tokens fed and its positions are slots: padding would
+                # become a sink, so rows must be unpadded and advance together.
+                name = "attention_mask" if attention_mask is not None else "positions"
+                raise ValueError(f"{name}: the rolling cache takes unpadded rows and no positions")
             slot_pos, valid, q_pos = cache.positions(start)
             cos, sin = self.rope_tables(cache.size, device)
             rope = (
@@ -187,11 +219,16 @@ class GPT(nn.Module):
                 )
             x = x + self.pos_emb(positions)
         x = self.drop(x)
+        moe: list[MoEStats] = []
         for i, block in enumerate(self.blocks):
-            x = block(x, mask, rope=rope, cache=cache, layer=i)
+            if isinstance(getattr(block, "mlp", None), MoE):
+                x, stats = block(x, mask, rope=rope, cache=cache, layer=i, return_stats=True)
+                moe.append(stats)
+            else:
+                x = block(x, mask, rope=rope, cache=cache, layer=i)
         if cache is not None:
             cache.advance(T)
-        return self.norm_f(x)  # (B, T, C)
+        return self.norm_f(x), (tuple(moe) if moe else None)  # (B, T, C)
 
     def forward(
         self,
@@ -203,7 +240,7 @@ class GPT(nn.Module):
         cache=None,
         ignore_index: int = -100,
     ) -> GPTOutput:
-        """Compute next-token logits and, given targets, the cross-entropy loss.
+        r"""Compute next-token logits and, given targets, the cross-entropy loss.
 
         :param idx: token ids ``(B, T)``.
         :param targets: the id each position should predict ``(B, T)`` (already shifted: ``targets[:, t]``
@@ -212,9 +249,13 @@ class GPT(nn.Module):
         :param positions: optional position ids; see :meth:`hidden_states`.
         :param cache: optional KV cache; see :meth:`hidden_states`.
         :param ignore_index: target value that is left out of the loss.
-        :returns: a :class:`GPTOutput` ``(logits (B, T, V), loss or None)``.
+        :returns: a :class:`GPTOutput`: ``logits (B, T, V)``, ``loss`` (None without targets) and, for
+            a mixture-of-experts model, ``moe``, each MoE layer's losses and statistics for this call.
+            In training mode the loss includes the routers' regularisers,
+            $\sum_\ell \alpha\,\mathcal L_\text{aux}^\ell + \beta\,\mathcal L_z^\ell$
+            (``moe_aux_coef``, ``moe_z_coef``); evaluation reports the language-model loss alone.
         """
-        h = self.hidden_states(idx, attention_mask=attention_mask, positions=positions, cache=cache)
+        h, moe = self._run(idx, attention_mask=attention_mask, positions=positions, cache=cache)
         logits = self.lm_head(h)  # (B, T, V)
         loss = None
         if targets is not None:
@@ -223,14 +264,12 @@ class GPT(nn.Module):
                 targets.reshape(-1),
                 ignore_index=ignore_index,
             )
-            moe = self.moe_layers()
             if moe and self.training:
-                # The routers' regularisers join the training loss (evaluation reports the LM loss).
                 cfg = self.config
                 loss = loss + sum(
-                    cfg.moe_aux_coef * m.aux_loss + cfg.moe_z_coef * m.z_loss for m in moe
+                    cfg.moe_aux_coef * s.aux_loss + cfg.moe_z_coef * s.z_loss for s in moe
                 )
-        return GPTOutput(logits, loss)
+        return GPTOutput(logits, loss, moe)
 
     def moe_layers(self) -> list[nn.Module]:
         """The mixture-of-experts layers, bottom to top (empty for a dense model).
@@ -239,32 +278,20 @@ class GPT(nn.Module):
         """
         return [b.mlp for b in self.blocks if isinstance(b.mlp, MoE)]
 
-    def moe_metrics(self) -> dict[str, float]:
-        """Router statistics of the last forward pass, for logging (empty for a dense model).
+    def moe_metrics(self, output: GPTOutput) -> dict[str, float]:
+        """Router statistics of one forward pass, for logging (empty for a dense model).
 
-        ``moe/aux_loss`` and ``moe/z_loss`` are summed over layers; ``moe/dropped`` is the mean share of
-        assignments dropped by the capacity limit; ``moe/max_load`` is the largest share of
-        assignments any expert of any layer got (``1/E`` is perfect balance); ``moe/load/<l>/<e>`` is
-        expert ``e``'s share in the ``l``-th MoE layer.
+        The statistics travel with the forward pass's output, not on the modules, so they describe
+        exactly that call, on its device and in its dtype. See :func:`~llmbook.model.moe.moe_metrics`
+        for the names: ``moe/aux_loss`` and ``moe/z_loss`` (summed over layers), ``moe/dropped``,
+        ``moe/max_load`` and ``moe/load/<l>/<e>``.
 
+        :param output: what :meth:`forward` returned.
         :returns: metric name to value.
 
         Introduced in {doc}`/book/part5/02-moe-layer`.
         """
-        moe = self.moe_layers()
-        if not moe:
-            return {}
-        shares = [m.last_counts / m.last_counts.sum() for m in moe]  # each (E,)
-        metrics = {
-            "moe/aux_loss": sum(float(m.aux_loss.detach()) for m in moe),
-            "moe/z_loss": sum(float(m.z_loss.detach()) for m in moe),
-            "moe/dropped": sum(m.dropped_fraction for m in moe) / len(moe),
-            "moe/max_load": max(float(s.max()) for s in shares),
-        }
-        for layer, share in enumerate(shares):
-            for e, value in enumerate(share.tolist()):
-                metrics[f"moe/load/{layer}/{e}"] = value
-        return metrics
+        return moe_metrics(output.moe)
 
     def num_params(self, *, non_embedding: bool = False) -> int:
         """Count the distinct parameters (a tied matrix counts once).

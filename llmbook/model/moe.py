@@ -8,6 +8,7 @@ grows only with ``k``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -21,11 +22,31 @@ class RouterOutput(NamedTuple):
     logits: torch.Tensor
     """``(N, E)`` router logits (noise included when training with noise)."""
     probs: torch.Tensor
-    """``(N, E)`` softmax over all experts, in fp32."""
+    """``(N, E)`` softmax over all experts, in fp32 (float64 for a float64 model)."""
     weights: torch.Tensor
     """``(N, k)`` the gates of the chosen experts (renormalised to sum to 1 when asked)."""
     indices: torch.Tensor
     """``(N, k)`` the chosen experts, best first."""
+
+
+class MoEStats(NamedTuple):
+    """What one :class:`MoE` layer reports about a forward pass, returned with its output.
+
+    The two losses keep their gradients (they join the training loss); the statistics are detached.
+    Everything lives on the input's device and is computed fresh by each call: nothing is stored on
+    the module, so the numbers always describe the call that returned them.
+
+    Introduced in {doc}`/book/part5/02-moe-layer`.
+    """
+
+    aux_loss: torch.Tensor
+    """Scalar load-balancing loss (:func:`load_balancing_loss`), differentiable."""
+    z_loss: torch.Tensor
+    """Scalar router z-loss (:func:`router_z_loss`), differentiable."""
+    counts: torch.Tensor
+    """``(E,)`` float assignments each expert was chosen for (before the capacity limit), detached."""
+    dropped: torch.Tensor
+    """Scalar share of assignments dropped by the capacity limit (0 without one), detached."""
 
 
 class Router(nn.Module):
@@ -78,7 +99,10 @@ class Router(nn.Module):
         logits = F.linear(x, self.weight)  # (N, E)
         if self.training and self.noise_std > 0:
             logits = logits + self.noise_std * torch.randn_like(logits)
-        probs = logits.float().softmax(dim=-1)  # (N, E)
+        # At least fp32 (a bf16 softmax over experts is coarse); a float64 model keeps float64.
+        probs = logits.to(torch.promote_types(logits.dtype, torch.float32)).softmax(
+            dim=-1
+        )  # (N, E)
         weights, indices = probs.topk(self.top_k, dim=-1)  # (N, k) each
         if self.renormalize:
             weights = weights / weights.sum(dim=-1, keepdim=True)
@@ -144,7 +168,8 @@ def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
 
     Introduced in {doc}`/book/part5/01-moe-theory`.
     """
-    return torch.logsumexp(logits.float(), dim=-1).square().mean()
+    z = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return torch.logsumexp(z, dim=-1).square().mean()
 
 
 def expert_capacity(n_tokens: int, n_expert: int, top_k: int, capacity_factor: float) -> int:
@@ -173,10 +198,9 @@ class MoE(nn.Module):
     second choices, then earlier tokens over later ones (as in GShard), and a dropped assignment simply
     contributes nothing (the token still flows through the residual connection).
 
-    After each forward pass the layer keeps, for the training loop and the chapters:
-    ``aux_loss`` and ``z_loss`` (with gradients), and detached statistics ``last_counts`` (assignments
-    per expert), ``dropped_fraction``, plus ``expert_counts``, a running total since
-    :meth:`reset_stats`.
+    Called as ``layer(x)`` it returns the output alone, so it drops in wherever a dense MLP goes;
+    ``layer(x, return_stats=True)`` also returns a :class:`MoEStats` with the balancing and z losses
+    (with gradients) and the routing statistics of that call. The layer keeps no state between calls.
 
     :param n_embd: the model width C.
     :param n_expert: routed experts E.
@@ -211,24 +235,15 @@ class MoE(nn.Module):
         self.router = Router(n_embd, n_expert, top_k, noise_std=noise_std, renormalize=renormalize)
         self.experts = nn.ModuleList(Expert(n_embd, hidden, bias=bias) for _ in range(n_expert))
         self.shared = nn.ModuleList(Expert(n_embd, hidden, bias=bias) for _ in range(n_shared))
-        # float64 counts stay exact far beyond float32's 2**24 assignments.
-        self.register_buffer(
-            "expert_counts", torch.zeros(n_expert, dtype=torch.float64), persistent=False
-        )
-        self.aux_loss = torch.zeros(())
-        self.z_loss = torch.zeros(())
-        self.last_counts = torch.zeros(n_expert)
-        self.dropped_fraction = 0.0
 
-    def reset_stats(self) -> None:
-        """Zero the running per-expert assignment counts."""
-        self.expert_counts.zero_()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, *, return_stats: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, MoEStats]:
         """Route, dispatch, combine.
 
         :param x: ``(B, T, C)``.
-        :returns: ``(B, T, C)``.
+        :param return_stats: also return the :class:`MoEStats` of this call.
+        :returns: ``(B, T, C)``, or ``((B, T, C), stats)`` with ``return_stats``.
         """
         B, T, C = x.shape
         flat = x.reshape(-1, C)  # (N, C)
@@ -259,9 +274,42 @@ class MoE(nn.Module):
         for shared in self.shared:
             out = out + shared(flat)
 
-        self.aux_loss = load_balancing_loss(route.probs, route.indices, E)
-        self.z_loss = router_z_loss(route.logits)
-        self.last_counts = counts.detach().float()
-        self.dropped_fraction = float(1.0 - keep.sum() / counts.sum())
-        self.expert_counts += self.last_counts.to(self.expert_counts.dtype)
-        return out.reshape(B, T, C)
+        out = out.reshape(B, T, C)
+        if not return_stats:
+            return out
+        stats = MoEStats(
+            aux_loss=load_balancing_loss(route.probs, route.indices, E),
+            z_loss=router_z_loss(route.logits),
+            counts=counts.detach().float(),
+            dropped=(1.0 - keep.sum() / counts.sum()).detach().float(),
+        )
+        return out, stats
+
+
+def moe_metrics(stats: Sequence[MoEStats] | None) -> dict[str, float]:
+    """Turn the MoE layers' statistics of one forward pass into a flat dict for logging.
+
+    ``moe/aux_loss`` and ``moe/z_loss`` are summed over layers; ``moe/dropped`` is the mean share of
+    assignments dropped by the capacity limit; ``moe/max_load`` is the largest share of assignments
+    any expert of any layer got (``1/E`` is perfect balance); ``moe/load/<l>/<e>`` is expert ``e``'s
+    share in the ``l``-th MoE layer. The values are Python floats (one device sync).
+
+    :param stats: one :class:`MoEStats` per MoE layer, bottom to top, as in
+        :attr:`~llmbook.model.gpt.GPTOutput.moe`; None or empty for a dense model.
+    :returns: metric name to value (empty for a dense model).
+
+    Introduced in {doc}`/book/part5/02-moe-layer`.
+    """
+    if not stats:
+        return {}
+    shares = [s.counts / s.counts.sum() for s in stats]  # each (E,)
+    metrics = {
+        "moe/aux_loss": sum(float(s.aux_loss.detach()) for s in stats),
+        "moe/z_loss": sum(float(s.z_loss.detach()) for s in stats),
+        "moe/dropped": sum(float(s.dropped) for s in stats) / len(stats),
+        "moe/max_load": max(float(s.max()) for s in shares),
+    }
+    for layer, share in enumerate(shares):
+        for e, value in enumerate(share.tolist()):
+            metrics[f"moe/load/{layer}/{e}"] = value
+    return metrics

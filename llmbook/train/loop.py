@@ -7,14 +7,15 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from llmbook.data.batching import IGNORE_INDEX, as_ids, random_batch
-from llmbook.model.config import config_from_dict
+from llmbook.model.config import check_field_values, config_from_dict
+from llmbook.model.moe import moe_metrics
 from llmbook.train.distributed import all_reduce_sum, barrier, shard, world
 from llmbook.train.evaluate import evaluate
 from llmbook.train.optim import build_optimizer
@@ -27,6 +28,12 @@ PRECISIONS = ("float32", "bfloat16", "float16")
 @dataclass(kw_only=True)
 class TrainConfig:
     """How to train: steps, batch, optimizer, schedule, evaluation, seed.
+
+    Every field is checked on construction (see :func:`~llmbook.model.config.check_field_values`):
+    its type, its range, and that every float is finite. NaN passes every range check (``nan < 0`` is
+    False) and would, for instance, silently switch gradient clipping off; no float field has a
+    meaning for infinity (``grad_clip=0``, not ``inf``, turns clipping off). A bad value raises a
+    :class:`ValueError` whose message starts with the field name.
 
     Introduced in {doc}`/book/part2/04-training-loop`.
     """
@@ -59,7 +66,7 @@ class TrainConfig:
     beta2: float = 0.99
     """Adam's second-moment decay."""
     grad_clip: float = 1.0
-    """Clip the global gradient norm to this value; 0 turns clipping off."""
+    """Clip the global gradient norm to this finite value; 0 turns clipping off."""
     eval_interval: int = 250
     """Estimate the validation loss every this many steps (0: only at the end)."""
     eval_batches: int | None = 8
@@ -77,6 +84,8 @@ class TrainConfig:
     """Seed for initial weights (when the model is built after it) and the batch sampler."""
 
     def __post_init__(self) -> None:
+        check_field_values(type(self), {f.name: getattr(self, f.name) for f in fields(self)})
+        # From here on each value has its annotated type and every float is finite.
         for name in ("max_steps", "batch_size", "eval_batch_size", "grad_accum_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -165,8 +174,9 @@ class History:
     tokens_seen: int = 0
     """Training tokens processed."""
     metrics: dict[str, list[float]] = field(default_factory=dict)
-    """Per-step statistics the model reports through a ``moe_metrics()`` method (the routers' losses
-    and expert loads of a mixture-of-experts model, from the step's last micro-batch), by name."""
+    """Per-step statistics that come with the model's forward output: for a mixture-of-experts model
+    the routers' losses and expert loads of the step's last micro-batch (``output.moe``, turned into
+    names by :func:`~llmbook.model.moe.moe_metrics`), by name."""
 
     @property
     def tokens_per_second(self) -> float:
@@ -254,6 +264,29 @@ def accumulate_gradients(
 
     Introduced in {doc}`/book/part4/02-accumulation-precision`.
     """
+    return _accumulate(
+        net,
+        x,
+        y,
+        micro_batches=micro_batches,
+        precision=precision,
+        scaler=scaler,
+        n_targets=n_targets,
+    )[0]
+
+
+def _accumulate(
+    net: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    micro_batches: int,
+    precision: str,
+    scaler: torch.amp.GradScaler | None,
+    n_targets: int | None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    # accumulate_gradients, plus the model's metrics from the last micro-batch's forward output
+    # (the MoE routers' statistics travel with the output, see GPT.moe_metrics).
     B = x.size(0)
     if B % micro_batches:
         raise ValueError(f"micro_batches: {micro_batches} does not divide the batch of {B} rows")
@@ -263,6 +296,7 @@ def accumulate_gradients(
     device = next(net.parameters()).device
     micro = B // micro_batches
     loss_sum = torch.zeros((), device=device)
+    moe = None
     for i in range(micro_batches):
         xb = x[i * micro : (i + 1) * micro].to(device, non_blocking=True)  # (micro, T)
         yb = y[i * micro : (i + 1) * micro].to(device, non_blocking=True)
@@ -279,11 +313,14 @@ def accumulate_gradients(
         sync = net.no_sync() if ddp and world_size > 1 and not last else contextlib.nullcontext()
         with sync:
             with autocast(precision, device):
-                _, loss = net(xb, yb)
+                out = net(xb, yb)
+            _, loss = out
+            moe = getattr(out, "moe", None)  # a GPTOutput's; a plain (logits, loss) tuple has none
+            del out, _  # the logits need not outlive the backward pass
             scaled_loss = loss.float() * weight
             (scaler.scale(scaled_loss) if scaler is not None else scaled_loss).backward()
         loss_sum += scaled_loss.detach()
-    return loss_sum
+    return loss_sum, moe_metrics(moe)
 
 
 def train(
@@ -441,7 +478,7 @@ def train(
         n_targets = (y != IGNORE_INDEX).sum()
         x, y = x[rows], y[rows]  # (B / processes, T)
         optimizer.zero_grad(set_to_none=True)
-        loss_sum = accumulate_gradients(
+        loss_sum, model_metrics = _accumulate(
             net,
             x,
             y,
@@ -462,7 +499,6 @@ def train(
         history.steps.append(step)
         history.train_loss.append(loss_value)
         history.lr.append(lr)
-        model_metrics = model.moe_metrics() if hasattr(model, "moe_metrics") else {}
         for name, value in model_metrics.items():
             history.metrics.setdefault(name, []).append(value)
         if logger is not None:

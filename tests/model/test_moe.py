@@ -1,10 +1,12 @@
 """Mixture of experts: parity with Mixtral, dispatch against a per-token oracle, losses, hybrids."""
 
+import copy
 import math
 
 import pytest
 import torch
 
+from llmbook.data.batching import random_batch
 from llmbook.model.config import ModelConfig
 from llmbook.model.gpt import GPT
 from llmbook.model.mlp import SwiGLU
@@ -13,6 +15,7 @@ from llmbook.model.moe import (
     Router,
     expert_capacity,
     load_balancing_loss,
+    moe_metrics,
     router_z_loss,
 )
 from llmbook.train.loop import TrainConfig, train
@@ -113,22 +116,30 @@ def test_vectorized_dispatch_equals_the_per_token_oracle(capacity_factor, n_shar
     with torch.no_grad():
         layer.router.weight[0] += 0.5  # skew the router so that capacity binds
     x = torch.randn(2, 9, 16)
-    torch.testing.assert_close(layer(x), naive_moe(layer, x), rtol=1e-5, atol=1e-6)
+    out, stats = layer(x, return_stats=True)
+    torch.testing.assert_close(out, naive_moe(layer, x), rtol=1e-5, atol=1e-6)
+    assert torch.equal(layer(x), out)  # without stats: the same output alone
+    # Independent counts: the router's choices, tallied by bincount, and the oracle's drop rule.
+    chosen = layer.router(x.reshape(-1, 16)).indices
+    assert torch.equal(stats.counts, torch.bincount(chosen.reshape(-1), minlength=4).float())
+    cap = math.inf if capacity_factor is None else expert_capacity(18, 4, 2, capacity_factor)
+    kept = sum(min(int(c), cap) for c in stats.counts)
+    assert float(stats.dropped) == pytest.approx(1 - kept / 36)
     if capacity_factor == 0.5:
-        assert layer.dropped_fraction > 0
+        assert float(stats.dropped) > 0
     if capacity_factor is None:
-        assert layer.dropped_fraction == 0.0
-    assert float(layer.last_counts.sum()) == 2 * 9 * 2
+        assert float(stats.dropped) == 0.0
 
 
 def test_gradients_reach_router_and_used_experts():
     torch.manual_seed(0)
     layer = MoE(16, 4, 2, 24, n_shared=1)
     x = torch.randn(2, 8, 16)
-    (layer(x).square().mean() + layer.aux_loss + layer.z_loss).backward()
+    y, stats = layer(x, return_stats=True)
+    (y.square().mean() + stats.aux_loss + stats.z_loss).backward()
     assert layer.router.weight.grad.abs().sum() > 0
     for e, expert in enumerate(layer.experts):
-        if layer.last_counts[e] > 0:
+        if stats.counts[e] > 0:
             assert expert.down_proj.weight.grad.abs().sum() > 0
     assert layer.shared[0].down_proj.weight.grad.abs().sum() > 0
 
@@ -208,7 +219,9 @@ def test_hybrid_stack_puts_moe_every_other_block_and_shared_experts():
     assert kinds == ["SwiGLU", "MoE", "SwiGLU", "MoE"]
     assert len(model.moe_layers()) == 2 and len(model.moe_layers()[0].shared) == 1
     dense = GPT(moe_config(n_expert=0))
-    assert all(isinstance(b.mlp, SwiGLU) for b in dense.blocks) and dense.moe_metrics() == {}
+    assert all(isinstance(b.mlp, SwiGLU) for b in dense.blocks)
+    out = dense(torch.randint(0, 64, (1, 5)))
+    assert out.moe is None and dense.moe_metrics(out) == {}
 
 
 def test_aux_losses_join_the_training_loss_only_in_training_mode():
@@ -216,16 +229,77 @@ def test_aux_losses_join_the_training_loss_only_in_training_mode():
     model = GPT(moe_config(moe_aux_coef=0.5, moe_z_coef=0.1))
     x = torch.randint(0, 64, (2, 16))
     model.train()
-    _, loss_train = model(x, x)
-    aux = sum(0.5 * m.aux_loss + 0.1 * m.z_loss for m in model.moe_layers())
+    out = model(x, x)
+    assert len(out.moe) == 4
+    # Independent regularisers: recompute each layer's router input from the blocks below it.
+    h, expected = model.tok_emb(x), []
+    cos, sin = model.rope_tables(16, "cpu")
+    for block in model.blocks:
+        a = block.attn(block.attn_norm(h), rope=(cos[:16], sin[:16], cos[:16], sin[:16]))
+        h = h + a
+        route = block.mlp.router(block.mlp_norm(h).reshape(-1, 32))
+        expected.append(
+            0.5 * load_balancing_loss(route.probs, route.indices, 4)
+            + 0.1 * router_z_loss(route.logits)
+        )
+        h = h + block.mlp(block.mlp_norm(h))
     model.eval()
     logits, loss_eval = model(x, x)
     lm = torch.nn.functional.cross_entropy(logits.reshape(-1, 64), x.reshape(-1))
     torch.testing.assert_close(loss_eval, lm)
-    torch.testing.assert_close(loss_train, lm + aux, rtol=1e-5, atol=1e-6)
-    metrics = model.moe_metrics()
+    torch.testing.assert_close(out.loss, lm + sum(expected), rtol=1e-5, atol=1e-6)
+    metrics = model.moe_metrics(out)
+    assert metrics["moe/aux_loss"] == pytest.approx(
+        sum(float(s.aux_loss.detach()) for s in out.moe)
+    )
     assert metrics["moe/aux_loss"] >= 4 * 0.99  # four layers, each >= 1 near balance
     assert sum(metrics[f"moe/load/0/{e}"] for e in range(4)) == pytest.approx(1.0)
+
+
+def test_stats_come_with_each_call_and_nothing_is_stored_on_the_layer():
+    torch.manual_seed(0)
+    model = GPT(moe_config(n_layer=2, capacity_factor=1.0)).eval()
+    x1, x2 = torch.randint(0, 64, (2, 16)), torch.randint(0, 64, (3, 16))
+    layer = model.moe_layers()[0]
+    state = dict(vars(layer))
+    out1 = model(x1)  # a fresh model: its first call already gives finite statistics
+    assert dict(vars(layer)) == state  # forward wrote nothing on the module
+    first = model.moe_metrics(out1)
+    assert first and all(math.isfinite(v) for v in first.values())
+    out2 = model(x2)
+    # The first call's statistics still describe the first call, not the latest one.
+    assert model.moe_metrics(out1) == first != model.moe_metrics(out2)
+    assert model.moe_metrics(model(x1)) == first
+    assert moe_metrics(None) == {} and moe_metrics(()) == {}
+
+
+def test_stats_follow_the_model_to_float64():
+    torch.manual_seed(0)
+    model = GPT(moe_config(n_layer=2)).train()
+    x = torch.randint(0, 64, (2, 16))
+    out32 = model(x, x)
+    out64 = model.to(torch.float64)(x, x)
+    assert out64.loss.dtype == torch.float64
+    for s32, s64 in zip(out32.moe, out64.moe, strict=True):
+        assert s64.aux_loss.dtype == s64.z_loss.dtype == torch.float64
+        assert s64.aux_loss.requires_grad
+        torch.testing.assert_close(s64.aux_loss, s32.aux_loss.double(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(s64.z_loss, s32.z_loss.double(), rtol=1e-5, atol=1e-6)
+        assert torch.equal(s64.counts, s32.counts)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_stats_follow_the_model_to_cuda():
+    torch.manual_seed(0)
+    model = GPT(moe_config(n_layer=2)).eval()
+    x = torch.randint(0, 64, (2, 16))
+    cpu = model.moe_metrics(model(x))
+    out = model.to("cuda")(x.cuda())
+    assert all(t.device.type == "cuda" for s in out.moe for t in s)
+    gpu = model.moe_metrics(out)
+    assert gpu.keys() == cpu.keys()
+    for name in cpu:
+        assert gpu[name] == pytest.approx(cpu[name], rel=1e-4, abs=1e-6), name
 
 
 def test_training_loop_records_router_metrics():
@@ -242,6 +316,24 @@ def test_training_loop_records_router_metrics():
     assert len(history.metrics["moe/aux_loss"]) == 5
     assert len(history.metrics["moe/load/1/3"]) == 5
     assert all(0 <= v <= 1 for v in history.metrics["moe/max_load"])
+
+
+def test_training_loop_metrics_are_the_last_micro_batch_forward():
+    # One step in two micro-batches: the recorded metrics are those of the forward pass of the
+    # second micro-batch with the weights before the step, recomputed here independently.
+    torch.manual_seed(0)
+    model = GPT(moe_config(n_layer=2, capacity_factor=1.0))
+    before = copy.deepcopy(model).train()
+    text = torch.randint(0, 64, (3000,))
+    config = TrainConfig(max_steps=1, batch_size=4, grad_accum_steps=2, eval_interval=0, seed=3)
+    history = train(model, text[:2500], text[2500:], config, progress=False)
+    x, y = random_batch(text[:2500], 4, 16, generator=torch.Generator().manual_seed(3))
+    expected = before.moe_metrics(before(x[2:], y[2:]))
+    assert history.metrics.keys() == expected.keys()
+    for name, value in expected.items():
+        assert history.metrics[name] == [pytest.approx(value, rel=1e-6, abs=1e-9)], name
+    first_half = before.moe_metrics(before(x[:2], y[:2]))
+    assert first_half["moe/aux_loss"] != pytest.approx(expected["moe/aux_loss"])
 
 
 @pytest.mark.parametrize(
