@@ -201,10 +201,14 @@ def test_unusable_cache_is_refused_before_training(shape, toy_zoo, capsys, monke
         cache.mkdir()
         (cache / "zoo").write_text("not a directory")
     else:
-        if os.geteuid() == 0:
-            pytest.skip("root writes to read-only directories")
         (cache / "zoo").mkdir(parents=True)
         (cache / "zoo").chmod(0o500)
+        if os.geteuid() == 0:  # root writes anyway: make the write fail as it does for a user
+
+            def denied(*args, **kwargs):
+                raise PermissionError(13, "Permission denied")
+
+            monkeypatch.setattr("llmbook.paths.tempfile.mkstemp", denied)
     monkeypatch.setattr("llmbook.zoo.registry.train", _never_train)
     status, summary, err = run(["train", "--recipe", "toy", "--profile", "cpu"], capsys)
     assert_one_line_error(
