@@ -6,7 +6,8 @@ import torch
 from llmbook.generate.generation import generate
 from llmbook.model.config import ModelConfig
 from llmbook.model.gpt import GPT
-from llmbook.model.hf import config_from_hf, from_hf, to_hf, to_hf_state_dict
+from llmbook.model.hf import config_from_hf, from_hf, hf_config_from, to_hf, to_hf_state_dict
+from llmbook.model.hf_support import rope_kwargs
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.slow
@@ -54,9 +55,7 @@ def randomise_norms(model):
     [
         hf_gpt2,
         hf_llama,
-        lambda: hf_llama(
-            num_key_value_heads=4, rope_parameters={"rope_type": "default", "rope_theta": 500000.0}
-        ),
+        lambda: hf_llama(num_key_value_heads=4, **rope_kwargs(500000.0)),
     ],
 )
 def test_logits_match(make):
@@ -91,8 +90,14 @@ def test_greedy_generations_match(make):
     "config",
     [
         ModelConfig(vocab_size=60, block_size=32, n_layer=2, n_head=4, n_embd=32),
+        ModelConfig(
+            vocab_size=60, block_size=32, n_layer=2, n_head=4, n_embd=32, tie_weights=False
+        ),
         ModelConfig.llama_style(
             vocab_size=60, block_size=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32
+        ),
+        ModelConfig.llama_style(
+            vocab_size=60, block_size=32, n_layer=2, n_head=4, n_embd=32, bias=True, rope_theta=5e5
         ),
     ],
 )
@@ -111,8 +116,80 @@ def test_export_to_hf_and_back(config):
     }
 
 
+def test_padded_batch_matches_llama():
+    hf = hf_llama(seed=5, **rope_kwargs(500000.0))
+    randomise_norms(hf)
+    ours = from_hf(hf)
+    ids = torch.randint(0, 97, (3, 12))
+    mask = torch.ones(3, 12, dtype=torch.long)
+    mask[1, :4] = 0
+    mask[2, :7] = 0
+    # transformers numbers positions from the first column unless told; llmbook counts real tokens.
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        theirs = hf(ids, attention_mask=mask, position_ids=positions).logits
+        got = ours(ids, attention_mask=mask.bool()).logits
+    real = mask.bool()
+    torch.testing.assert_close(got[real], theirs[real], atol=1e-4, rtol=1e-4)
+
+
+ROUND_TRIP = {
+    "gpt2": ModelConfig(
+        vocab_size=60,
+        block_size=32,
+        n_layer=3,
+        n_head=4,
+        n_embd=32,
+        mlp_hidden=80,
+        dropout=0.1,
+        tie_weights=False,
+        norm_eps=1e-6,
+        init_std=0.01,
+    ),
+    "llama": ModelConfig.llama_style(
+        vocab_size=60,
+        block_size=48,
+        n_layer=3,
+        n_head=4,
+        n_kv_head=2,
+        n_embd=32,
+        mlp_hidden=96,
+        rope_theta=5e5,
+        bias=True,
+        tie_weights=True,
+        norm_eps=1e-6,
+        init_std=0.01,
+    ),
+    "mixtral": ModelConfig.llama_style(
+        vocab_size=60,
+        block_size=48,
+        n_layer=2,
+        n_head=4,
+        n_kv_head=1,
+        n_embd=32,
+        n_expert=4,
+        n_expert_active=2,
+        expert_hidden=48,
+        sliding_window=16,
+        rope_theta=1e6,
+        moe_aux_coef=0.02,
+        moe_z_coef=0.0,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ROUND_TRIP))
+def test_config_round_trip_through_hf(name):
+    config = ROUND_TRIP[name]
+    hf_config = hf_config_from(config)
+    assert hf_config.model_type == name
+    assert config_from_hf(hf_config) == config
+    # and through the JSON form that save_pretrained writes
+    assert config_from_hf(type(hf_config).from_dict(hf_config.to_dict())) == config
+
+
 def test_unsupported_configs_are_refused():
-    with pytest.raises(ValueError, match="hidden_act"):
+    with pytest.raises(ValueError, match="^hidden_act"):
         config_from_hf(transformers.LlamaConfig(hidden_act="gelu"))
-    with pytest.raises(ValueError, match="neither"):
+    with pytest.raises(ValueError, match="^norm"):
         to_hf(GPT(ModelConfig(norm="rmsnorm")))
