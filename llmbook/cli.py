@@ -201,9 +201,7 @@ def _check_environment(recipe, *, will_train: bool) -> None:
 
 def _provenance(zoo) -> dict:
     """Which corpus the model was trained on, and whether it was the offline fallback."""
-    origin = getattr(zoo, "corpus_origin", None) or zoo.meta.get("corpus", {}).get("origin")
-    fallback = getattr(zoo, "fallback", origin == "fallback")
-    return {"corpus_origin": origin, "fallback": fallback}
+    return {"corpus_origin": zoo.corpus_origin, "fallback": zoo.fallback}
 
 
 def _cmd_train(args) -> int:
