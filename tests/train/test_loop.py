@@ -1,8 +1,12 @@
+import copy
+import dataclasses
 import math
+import typing
 
 import pytest
 import torch
 
+from llmbook.data.batching import random_batch
 from llmbook.model.config import ModelConfig
 from llmbook.model.gpt import GPT
 from llmbook.train.evaluate import evaluate
@@ -41,17 +45,20 @@ def test_training_lowers_loss_and_records_history():
     assert h.lr[0] == pytest.approx(3e-3 / 5)
 
 
-def test_one_step_changes_parameters():
+def test_one_step_changes_parameters_and_lowers_the_loss_on_its_batch():
     model = tiny_model()
-    before = [p.detach().clone() for p in model.parameters()]
-    train(
-        model,
-        TEXT[:1500],
-        TEXT[1500:],
-        TrainConfig(max_steps=1, batch_size=2, warmup_steps=0),
-        progress=False,
-    )
-    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    before = copy.deepcopy(model)
+    config = TrainConfig(max_steps=1, batch_size=4, warmup_steps=0, eval_interval=0, seed=5)
+    h = train(model, TEXT[:1500], TEXT[1500:], config, progress=False)
+    assert all(not torch.equal(a, b) for a, b in zip(before.parameters(), model.parameters()))
+    # The step's batch, drawn here the way the loop draws it: the loop's recorded loss is the loss of
+    # this batch under the weights before the step, and after the step that loss is lower.
+    x, y = random_batch(TEXT[:1500], 4, 16, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        loss_before = float(before(x, y).loss)
+        loss_after = float(model(x, y).loss)
+    assert h.train_loss == [pytest.approx(loss_before, rel=1e-6)]
+    assert loss_after < loss_before
 
 
 def test_bf16_autocast_trains():
@@ -95,6 +102,30 @@ def test_bad_train_config_names_the_field(kw, field):
         TrainConfig(**kw)
 
 
+FLOAT_FIELDS = [
+    f.name
+    for f in dataclasses.fields(TrainConfig)
+    if float in typing.get_args(typing.get_type_hints(TrainConfig)[f.name])
+    or typing.get_type_hints(TrainConfig)[f.name] is float
+]
+
+
+def test_the_float_fields_are_the_ones_expected():
+    # So that the parametrisation below cannot silently cover nothing.
+    expected = {"lr", "min_lr", "decay_fraction", "weight_decay", "beta1", "beta2", "grad_clip"}
+    assert set(FLOAT_FIELDS) == expected
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("field", FLOAT_FIELDS)
+def test_every_float_field_refuses_nan_and_inf(field, value):
+    # NaN passed every range check (nan < 0 is False): grad_clip=nan switched clipping off silently.
+    with pytest.raises(ValueError, match=rf"^{field}: must be a finite number"):
+        TrainConfig(**{field: value})
+    with pytest.raises(ValueError, match=rf"^{field}: must be a finite number"):
+        TrainConfig.from_dict({field: value})
+
+
 def test_evaluate_equals_mean_loss_over_all_targets():
     model = tiny_model().eval()
     ids = TEXT[:200]
@@ -117,7 +148,17 @@ def test_evaluate_equals_mean_loss_over_all_targets():
 def test_quick_estimate_spreads_batches_over_the_split():
     model = tiny_model().eval()
     ids = TEXT[:1000]
-    full = evaluate(model, ids, block_size=16, batch_size=2)
     quick = evaluate(model, ids, block_size=16, batch_size=2, max_batches=4)
-    assert 3 * 2 * 16 < quick.n_tokens <= 4 * 2 * 16  # the last batch of the split is short
-    assert abs(quick.loss - full.loss) < 0.5
+    # By hand: 999 targets in windows of 16 are 62 full windows and one of 7, so 32 batches of two
+    # windows; 4 evenly spaced batches are 0, 10, 21 and 31 (round(31 k / 3)), i.e. windows
+    # 0, 1, 20, 21, 42, 43 and the short window 62: 6 * 16 + 7 = 103 targets.
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for w in (0, 1, 20, 21, 42, 43, 62):
+            y = ids[16 * w + 1 : 16 * w + 17]
+            x = ids[16 * w : 16 * w + len(y)]
+            logits = model(x[None]).logits[0]
+            total += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
+            count += len(y)
+    assert quick.n_tokens == count == 103
+    assert quick.loss == pytest.approx(total / count, rel=1e-5)
