@@ -36,7 +36,7 @@ _W = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}  # transformers 4.x
 
 def _decoder_fields(hf_config) -> dict[str, Any]:
     """The fields Llama and Mixtral share, with the checks they share."""
-    refuse_hf(hf_config, hidden_act=("silu", "swish"), attention_dropout=(0.0,))
+    refuse_hf(hf_config, hidden_act=("silu", "swish"), attention_dropout=(0.0, None))
     heads, width = hf_config.num_attention_heads, hf_config.hidden_size
     head_dim = getattr(hf_config, "head_dim", None) or width // heads
     if head_dim * heads != width:
