@@ -10,8 +10,11 @@ from torch import nn
 
 def _frequencies(dim: int, base: float) -> torch.Tensor:
     """The angular frequency of each (sin, cos) pair, $\\omega_i = \\text{base}^{-2i/\\text{dim}}$, float64."""
-    if dim < 2 or dim % 2:
-        raise ValueError(f"dim: must be a positive even number, got {dim}")
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 2 or dim % 2:
+        raise ValueError(f"dim: must be a positive even number, got {dim!r}")
+    finite = isinstance(base, (int, float)) and not isinstance(base, bool) and math.isfinite(base)
+    if not finite or base <= 0:
+        raise ValueError(f"base: must be a finite number > 0, got {base!r}")
     return torch.exp(-math.log(base) * torch.arange(0, dim, 2, dtype=torch.float64) / dim)
 
 
@@ -27,7 +30,8 @@ def sinusoidal_table(n_positions: int, dim: int, base: float = 10000.0) -> torch
     :param dim: encoding width (columns); must be even.
     :param base: the wavelength scale, 10000 in the paper.
     :returns: a float32 tensor of shape ``(n_positions, dim)``.
-    :raises ValueError: when ``dim`` is odd or a size is not positive.
+    :raises ValueError: when ``dim`` is odd, a size is not positive, or ``base`` is not a finite
+        number > 0.
 
     Introduced in {doc}`/book/part1/01-positional-embeddings`.
     """
@@ -52,6 +56,7 @@ def sinusoidal_rotation(offset: int, dim: int, base: float = 10000.0) -> torch.T
     :param dim: encoding width; must be even.
     :param base: the same wavelength scale as :func:`sinusoidal_table`.
     :returns: a float32 ``(dim, dim)`` matrix ``R`` with ``PE[p + offset] = R @ PE[p]``.
+    :raises ValueError: when ``dim`` is odd or ``base`` is not a finite number > 0.
 
     Introduced in {doc}`/book/part1/01-positional-embeddings`.
     """

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -10,12 +12,19 @@ def rope_frequencies(head_dim: int, theta: float = 10000.0) -> torch.Tensor:
 
     :param head_dim: the head width D (even).
     :param theta: the base; 10000 as in the paper and Llama 2 (Llama 3 uses 500000).
-    :returns: float32 ``(D/2,)``.
+    :returns: float64 ``(D/2,)``.
+    :raises ValueError: for an odd or non-positive ``head_dim``, or a ``theta`` that is not a finite
+        number > 0 (an infinite base would leave every pair but the first unrotated).
 
     Introduced in {doc}`/book/part3/02-rope`.
     """
-    if head_dim % 2:
-        raise ValueError(f"head_dim: RoPE needs an even head width, got {head_dim}")
+    if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 2 or head_dim % 2:
+        raise ValueError(f"head_dim: RoPE needs an even head width, got {head_dim!r}")
+    finite = (
+        isinstance(theta, (int, float)) and not isinstance(theta, bool) and math.isfinite(theta)
+    )
+    if not finite or theta <= 0:
+        raise ValueError(f"theta: must be a finite number > 0, got {theta!r}")
     return 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
 
 
@@ -32,6 +41,7 @@ def rope_cache(
     :param theta: frequency base.
     :param device: where to allocate.
     :returns: ``(cos, sin)``, each float32 ``(n_positions, D)``.
+    :raises ValueError: for an invalid ``head_dim`` or ``theta`` (see :func:`rope_frequencies`).
 
     Introduced in {doc}`/book/part3/02-rope`.
     """

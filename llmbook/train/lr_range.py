@@ -10,13 +10,14 @@ falling slope, safely before the turn.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from llmbook.data.batching import as_ids, random_batch
-from llmbook.train.optim import build_optimizer
+from llmbook.train.optim import build_optimizer, check_adamw_arguments
 
 RISE_TOLERANCE = 0.01
 """A rise of the smoothed loss by more than this fraction above its running minimum ends the first
@@ -47,15 +48,39 @@ class LRRangeResult:
     """Whether the test stopped before ``max_lr`` because the loss diverged (or became non-finite)."""
 
 
-def _check(min_lr, max_lr, steps, smoothing, diverge_factor) -> None:
+def _check(
+    *, min_lr, max_lr, steps, batch_size, block_size, grad_clip, smoothing, diverge_factor, seed
+) -> None:
+    """Refuse invalid arguments by name; NaN and infinity are invalid everywhere (NaN passes every
+    comparison: ``grad_clip=nan`` would silently turn clipping off)."""
+
+    def finite(value) -> bool:
+        return (
+            isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+        )
+
+    def integer(value) -> bool:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+    for name, value in (("min_lr", min_lr), ("max_lr", max_lr)):
+        if not finite(value):
+            raise ValueError(f"{name}: must be a finite number, got {value!r}")
     if not 0.0 < min_lr < max_lr:
         raise ValueError(f"min_lr: must satisfy 0 < min_lr < max_lr, got {min_lr!r} and {max_lr!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
+    if not integer(steps) or steps < 2:
         raise ValueError(f"steps: must be an integer >= 2, got {steps!r}")
-    if not 0.0 < smoothing <= 1.0:
+    if not integer(batch_size) or batch_size < 1:
+        raise ValueError(f"batch_size: must be a positive integer, got {batch_size!r}")
+    if block_size is not None and (not integer(block_size) or block_size < 1):
+        raise ValueError(f"block_size: must be a positive integer or None, got {block_size!r}")
+    if not finite(grad_clip) or grad_clip < 0:
+        raise ValueError(f"grad_clip: must be a finite number >= 0 (0: off), got {grad_clip!r}")
+    if not finite(smoothing) or not 0.0 < smoothing <= 1.0:
         raise ValueError(f"smoothing: must be in (0, 1], got {smoothing!r}")
-    if not diverge_factor > 1.0:
-        raise ValueError(f"diverge_factor: must be > 1, got {diverge_factor!r}")
+    if not finite(diverge_factor) or not diverge_factor > 1.0:
+        raise ValueError(f"diverge_factor: must be a finite number > 1, got {diverge_factor!r}")
+    if not integer(seed):
+        raise ValueError(f"seed: must be an integer, got {seed!r}")
 
 
 def _suggest(lrs: list[float], smoothed: list[float]) -> tuple[float, float, float]:
@@ -140,12 +165,23 @@ def lr_range_test(
     :param diverge_factor: stop when the smoothed loss exceeds this multiple of its minimum.
     :param seed: seed of the batch sampler.
     :returns: the :class:`LRRangeResult`.
-    :raises ValueError: for an invalid argument.
+    :raises ValueError: for an invalid argument (NaN and infinity included), naming it.
     :raises FloatingPointError: when the very first loss is not finite (nothing to suggest from).
 
     Introduced in {doc}`/book/part4/03-schedules`.
     """
-    _check(min_lr, max_lr, steps, smoothing, diverge_factor)
+    _check(
+        min_lr=min_lr,
+        max_lr=max_lr,
+        steps=steps,
+        batch_size=batch_size,
+        block_size=block_size,
+        grad_clip=grad_clip,
+        smoothing=smoothing,
+        diverge_factor=diverge_factor,
+        seed=seed,
+    )
+    check_adamw_arguments(lr=min_lr, weight_decay=weight_decay, betas=betas, eps=1e-8)
     ids = as_ids(train_ids)
     params = list(model.parameters())
     device = params[0].device

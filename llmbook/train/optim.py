@@ -2,8 +2,43 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 from torch import nn
+
+
+def _is_finite(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_adamw_arguments(
+    *, lr: float, weight_decay: float, betas: tuple[float, float], eps: float
+) -> None:
+    """Refuse AdamW settings that are not finite or out of range, naming the argument.
+
+    :class:`torch.optim.AdamW` catches NaN but accepts an infinite rate, decay or epsilon.
+
+    :param lr: the learning rate, finite and >= 0.
+    :param weight_decay: finite and >= 0.
+    :param betas: two finite numbers in [0, 1).
+    :param eps: finite and > 0.
+    :raises ValueError: one line naming the argument, e.g. ``lr: must be a finite number >= 0, got inf``.
+
+    Introduced in {doc}`/book/part2/04-training-loop`.
+    """
+    for name, value in (("lr", lr), ("weight_decay", weight_decay)):
+        if not _is_finite(value) or value < 0:
+            raise ValueError(f"{name}: must be a finite number >= 0, got {value!r}")
+    if (
+        not isinstance(betas, (tuple, list))
+        or len(betas) != 2
+        or not all(_is_finite(b) and 0 <= b < 1 for b in betas)
+    ):
+        raise ValueError(f"betas: must be two finite numbers in [0, 1), got {betas!r}")
+    if not _is_finite(eps) or eps <= 0:
+        raise ValueError(f"eps: must be a finite number > 0, got {eps!r}")
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -46,9 +81,12 @@ def build_optimizer(
     :param betas: Adam's moment decay rates.
     :param eps: Adam's epsilon.
     :returns: the optimizer.
+    :raises ValueError: for a setting that is not finite or out of range
+        (see :func:`check_adamw_arguments`).
 
     Introduced in {doc}`/book/part2/04-training-loop`.
     """
+    check_adamw_arguments(lr=lr, weight_decay=weight_decay, betas=betas, eps=eps)
     # fused: the whole update in one kernel per group (CPU and CUDA), instead of a Python loop over
     # tensors or a chain of multi-tensor ops; same formula, torch's tests prove it.
     return torch.optim.AdamW(

@@ -46,6 +46,15 @@ def test_bad_dims_raise():
         sinusoidal_table(0, 8)
 
 
+@pytest.mark.parametrize("base", [math.nan, math.inf, 0.0, -1.0])
+def test_non_finite_or_non_positive_base_is_refused(base):
+    # base = nan gave a table of NaN; base = inf one with every pair but the first frozen
+    with pytest.raises(ValueError, match="^base: must be a finite number > 0"):
+        sinusoidal_table(4, 8, base)
+    with pytest.raises(ValueError, match="^base: "):
+        sinusoidal_rotation(1, 8, base)
+
+
 def test_modules_look_up_rows():
     learned = LearnedPositionalEmbedding(10, 6)
     fixed = SinusoidalPositionalEmbedding(10, 6)

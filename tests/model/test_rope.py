@@ -59,3 +59,19 @@ def test_position_zero_is_identity():
     cos, sin = rope_cache(1, 8)
     torch.testing.assert_close(apply_rope(x, cos.expand(5, 8), sin.expand(5, 8)), x)
     assert math.isclose(cos[0].sum().item(), 8.0)
+
+
+@pytest.mark.parametrize("theta", [math.nan, math.inf, -math.inf, 0.0, -10.0, True])
+def test_non_finite_or_non_positive_theta_is_refused(theta):
+    # theta = inf gave frequencies (1, 0, 0, ...): every pair but the first left unrotated, silently
+    with pytest.raises(ValueError, match="^theta: must be a finite number > 0"):
+        rope_frequencies(8, theta)
+    with pytest.raises(ValueError, match="^theta: "):
+        rope_cache(4, 8, theta)
+
+
+def test_frequencies_by_hand():
+    # D = 4, theta = 100: omega = (100^0, 100^(-2/4)) = (1, 0.1)
+    torch.testing.assert_close(
+        rope_frequencies(4, 100.0), torch.tensor([1.0, 0.1], dtype=torch.float64)
+    )

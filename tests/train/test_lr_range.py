@@ -108,3 +108,30 @@ def test_rejects_bad_arguments():
         quick(tiny_model(), smoothing=0.0)
     with pytest.raises(ValueError, match="diverge_factor"):
         quick(tiny_model(), diverge_factor=1.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("grad_clip", math.nan),  # nan > 0 is False: clipping was silently off
+        ("grad_clip", math.inf),
+        ("grad_clip", -1.0),
+        ("max_lr", math.inf),  # the last rates were inf
+        ("min_lr", math.nan),
+        ("smoothing", math.nan),
+        ("diverge_factor", math.inf),  # never stops
+        ("steps", 10.0),
+        ("batch_size", 0),
+        ("block_size", 0),
+        ("seed", 1.5),
+        ("weight_decay", math.nan),
+        ("weight_decay", math.inf),
+        ("betas", (0.9, math.inf)),
+    ],
+)
+def test_bad_arguments_are_refused_by_name_before_any_step(name, value):
+    model = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=rf"^{name}: "):
+        quick(model, **{name: value})
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

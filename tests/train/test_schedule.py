@@ -1,6 +1,9 @@
 import math
+import warnings
 
 import pytest
+import torch
+from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, LinearLR, SequentialLR
 
 from llmbook.train.schedule import (
     SCHEDULES,
@@ -86,3 +89,140 @@ def test_learning_rate_dispatches_to_each_schedule():
 def test_unknown_schedule_names_the_field():
     with pytest.raises(ValueError, match="schedule"):
         learning_rate(0, schedule="linear", max_lr=1.0, warmup_steps=0, total_steps=10)
+
+
+def torch_rates(make_scheduler, max_lr, n_steps):
+    """The rate of each step of an SGD optimizer driven by a torch scheduler (read before each step)."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=max_lr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. a step-order warning would mean the comparison is off
+        scheduler = make_scheduler(optimizer)
+        rates = []
+        for _ in range(n_steps):
+            rates.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+    return rates
+
+
+def torch_warmup(optimizer, W):
+    """Torch's linear warmup from max_lr / W to max_lr on step W - 1: (s + 1) / W of the peak."""
+    return (
+        [LinearLR(optimizer, start_factor=1 / W, end_factor=1.0, total_iters=W - 1)]
+        if W > 1
+        else []
+    )
+
+
+@pytest.mark.parametrize(("W", "S", "min_lr"), [(10, 110, 0.1), (3, 20, 0.0), (0, 50, 0.05)])
+def test_cosine_equals_torch_linear_then_cosine_annealing(W, S, min_lr):
+    max_lr = 0.3
+
+    def make(opt):
+        parts = torch_warmup(opt, W) + [
+            CosineAnnealingLR(opt, T_max=S - W, eta_min=min_lr),
+            ConstantLR(opt, factor=min_lr / max_lr, total_iters=10**9),  # after S: the floor
+        ]
+        return SequentialLR(opt, parts, milestones=([W] if W > 1 else []) + [S])
+
+    expected = torch_rates(make, max_lr, S + 20)
+    ours = [
+        warmup_cosine(s, max_lr=max_lr, warmup_steps=W, total_steps=S, min_lr=min_lr)
+        for s in range(S + 20)
+    ]
+    assert ours == pytest.approx(expected, rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.parametrize("W", [0, 4, 10])
+def test_constant_equals_torch_linear_warmup(W):
+    make = lambda opt: torch_warmup(opt, W)[0] if W > 1 else ConstantLR(opt, factor=1.0)  # noqa: E731
+    expected = torch_rates(make, 2.0, 40)
+    assert [constant(s, max_lr=2.0, warmup_steps=W) for s in range(40)] == pytest.approx(
+        expected, rel=1e-12
+    )
+
+
+def test_wsd_equals_a_table_worked_out_by_hand():
+    # W = 2, S = 12, decay_fraction 0.5 of the 10 post-warmup steps: D = 5, decay from step 7.
+    # Decay: min + (max - min) (S - 1 - s) / D: (4, 3, 2, 1, 0) / 5 of the way from min to max.
+    kw = dict(schedule="wsd", max_lr=1.0, warmup_steps=2, total_steps=12, decay_fraction=0.5)
+    table = [0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.8, 0.6, 0.4, 0.2, 0.0, 0.0, 0.0]
+    assert [learning_rate(s, **kw) for s in range(14)] == pytest.approx(table, abs=1e-15)
+    floor = [0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.82, 0.64, 0.46, 0.28, 0.1, 0.1, 0.1]
+    assert [learning_rate(s, min_lr=0.1, **kw) for s in range(14)] == pytest.approx(floor)
+
+
+def test_wsd_equals_torch_built_ins_chained():
+    # No built-in WSD, but its pieces are: linear warmup, flat, linear decay, flat at the floor.
+    W, S, D, max_lr, min_lr = 10, 110, 20, 1.0, 0.1
+    first_decayed = min_lr + (max_lr - min_lr) * (D - 1) / D
+
+    def make(opt):
+        parts = torch_warmup(opt, W) + [
+            ConstantLR(opt, factor=1.0, total_iters=0),
+            LinearLR(
+                opt,
+                start_factor=first_decayed / max_lr,
+                end_factor=min_lr / max_lr,
+                total_iters=D - 1,
+            ),
+            ConstantLR(opt, factor=min_lr / max_lr, total_iters=10**9),
+        ]
+        return SequentialLR(opt, parts, milestones=[W, S - D, S])
+
+    kw = dict(max_lr=max_lr, warmup_steps=W, total_steps=S, decay_steps=D, min_lr=min_lr)
+    assert [warmup_stable_decay(s, **kw) for s in range(130)] == pytest.approx(
+        torch_rates(make, max_lr, 130), rel=1e-12, abs=1e-15
+    )
+
+
+BAD = [
+    ("max_lr", math.nan),
+    ("max_lr", math.inf),
+    ("max_lr", -1.0),
+    ("min_lr", math.nan),
+    ("min_lr", -math.inf),
+    ("min_lr", 2.0),  # above the peak
+    ("step", -1),
+    ("step", 1.5),
+    ("step", True),
+    ("warmup_steps", 2.0),
+    ("total_steps", -5),
+]
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize(("name", "value"), BAD)
+def test_bad_arguments_are_refused_by_name(schedule, name, value):
+    kw = dict(step=3, max_lr=1.0, warmup_steps=2, total_steps=20, min_lr=0.1) | {name: value}
+    with pytest.raises(ValueError, match=rf"^{name}: "):
+        learning_rate(schedule=schedule, **kw)
+    direct = {"constant": constant, "cosine": warmup_cosine, "wsd": warmup_stable_decay}[schedule]
+    if schedule == "wsd":
+        kw["decay_steps"] = 5
+    if schedule == "constant":
+        if name in ("total_steps", "min_lr"):
+            return  # not parameters of constant()
+        kw = {k: v for k, v in kw.items() if k not in ("total_steps", "min_lr")}
+    with pytest.raises(ValueError, match=rf"^{name}: "):
+        direct(**kw)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, 0.0, 1.5])
+def test_decay_fraction_must_be_finite_and_in_range(value):
+    with pytest.raises(ValueError, match="^decay_fraction: "):
+        learning_rate(
+            0, schedule="wsd", max_lr=1.0, warmup_steps=0, total_steps=10, decay_fraction=value
+        )
+
+
+@pytest.mark.parametrize("value", [0, 2.5, math.nan, True])
+def test_wsd_decay_steps_is_checked(value):
+    with pytest.raises(ValueError, match="^decay_steps: "):
+        warmup_stable_decay(0, max_lr=1.0, warmup_steps=2, total_steps=10, decay_steps=value)
+
+
+def test_numpy_integers_are_steps():
+    import numpy as np
+
+    assert warmup_cosine(np.int64(5), **COS) == warmup_cosine(5, **COS)
