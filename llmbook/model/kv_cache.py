@@ -78,7 +78,9 @@ class RollingKVCache:
     Memory never grows, however long the stream. Keys are stored *unrotated*; each step they are rotated
     by their position inside the cache (sinks ``0..S-1``, then the window oldest to newest), so the
     distances RoPE sees never exceed ``sinks + window`` (the scheme of StreamingLLM). Tokens are fed
-    one at a time.
+    one at a time. The sinks are the first tokens fed, so rows must not be padded (a padding column
+    would become a sink): :class:`~llmbook.model.gpt.GPT` refuses an ``attention_mask`` with this
+    cache. For padded batches use :class:`KVCache`, whose mask counts sinks in real tokens.
 
     :param config: the model config.
     :param batch_size: rows (B); all rows advance together (no padding).

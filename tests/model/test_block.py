@@ -32,3 +32,21 @@ def test_block_is_causal(residual):
     y = block(x)
     x[:, 5] += 1.0
     torch.testing.assert_close(block(x)[:, :5], y[:, :5])
+
+
+def test_moe_block_returns_its_stats_when_asked():
+    from llmbook.model.moe import MoE, load_balancing_loss
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.llama_style(n_embd=16, n_head=2, n_expert=4, n_expert_active=2)
+    block = Block(cfg).eval()
+    assert isinstance(block.mlp, MoE)
+    x = torch.randn(2, 5, 16)
+    y, stats = block(x, return_stats=True)
+    torch.testing.assert_close(block(x), y)  # the flag changes what is returned, not the output
+    h = x + block.attn(block.attn_norm(x))
+    route = block.mlp.router(block.mlp_norm(h).reshape(-1, 16))
+    torch.testing.assert_close(stats.aux_loss, load_balancing_loss(route.probs, route.indices, 4))
+    dense = Block(ModelConfig(n_embd=16, n_head=2)).eval()
+    y_dense, none = dense(x, return_stats=True)
+    assert none is None and torch.equal(y_dense, dense(x))
