@@ -47,8 +47,6 @@ def check_field_values(cls: type, values: Mapping[str, Any]) -> None:
     :param values: field names mapped to values (names that are not fields are ignored).
     :raises ValueError: one line that starts with the field name, e.g.
         ``norm_eps: must be a finite number, got nan``.
-
-    Introduced in {doc}`/book/part1/07-gpt-model`.
     """
     for name, (kind, optional) in _field_kinds(cls).items():
         if name not in values:

@@ -25,8 +25,6 @@ def check_adamw_arguments(
     :param betas: two finite numbers in [0, 1).
     :param eps: finite and > 0.
     :raises ValueError: one line naming the argument, e.g. ``lr: must be a finite number >= 0, got inf``.
-
-    Introduced in {doc}`/book/part2/04-training-loop`.
     """
     for name, value in (("lr", lr), ("weight_decay", weight_decay)):
         if not _is_finite(value) or value < 0:
