@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmbook.train.distributed import init_distributed, shard, world
+from llmbook.train.distributed import any_rank, init_distributed, shard, world
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
@@ -61,3 +61,8 @@ def test_a_single_process_is_world_of_one(monkeypatch):
     info = init_distributed()
     assert (info.rank, info.world_size, info.is_main, info.backend) == (0, 1, True, None)
     assert world() == (0, 1)
+
+
+def test_any_rank_outside_a_process_group_is_the_local_answer(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert any_rank(True) is True and any_rank(False) is False
