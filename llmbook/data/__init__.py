@@ -17,6 +17,7 @@ from llmbook.data.corpora import (
     load_corpus,
     load_tinyshakespeare,
     load_wikitext2,
+    on_real_corpus,
 )
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "load_corpus",
     "load_tinyshakespeare",
     "load_wikitext2",
+    "on_real_corpus",
     "random_batch",
     "to_hf_dataset",
     "train_val_split",

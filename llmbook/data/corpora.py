@@ -224,3 +224,39 @@ def load_wikitext2(split: str = "valid", **kwargs) -> Corpus:
     if split not in ("train", "valid", "test"):
         raise ValueError(f"split: must be 'train', 'valid' or 'test', got {split!r}")
     return load_corpus(f"wikitext-2/{split}", **kwargs)
+
+
+def on_real_corpus(source, claim: str) -> bool:
+    """Whether a claim that holds only on the real corpus should be checked for this run.
+
+    A chapter asserts what it measured (a loss reached, a sample's wording, a ranking of models). Some
+    of these hold on TinyShakespeare and not on the offline fallback corpus, where the book still has
+    to run. Guard such an assertion with this function: on the real corpus it returns True and the
+    assertion runs; on the fallback it prints a visible note naming the claim and returns False, so
+    the claim is skipped out loud, never silently.
+
+    :param source: where the text came from: a :class:`Corpus`, a zoo model (anything with a
+        ``fallback`` attribute, see :class:`llmbook.zoo.registry.ZooModel`), or an origin string
+        (``"mirror"``, ``"cache"``, ``"download"``, ``"fallback"``).
+    :param claim: the claim in a few words, e.g. ``"the byte model's validation loss is below 2"``.
+    :returns: True when the real corpus was used.
+    :raises TypeError: for a source that says nothing about its corpus.
+
+    Introduced in {doc}`/book/part2/02-batching`.
+    """
+    if isinstance(source, str):
+        fallback = source == "fallback"
+    elif isinstance(source, Corpus):
+        fallback = source.origin == "fallback"
+    elif hasattr(source, "fallback"):
+        fallback = bool(source.fallback)
+    else:
+        raise TypeError(
+            f"source: expected a Corpus, a zoo model or an origin string, got {type(source).__name__}"
+        )
+    if fallback:
+        print(
+            f"NOTE: not checked on the offline fallback corpus: {claim} "
+            "(this holds on TinyShakespeare; see the data section of the README)"
+        )
+    return not fallback

@@ -105,3 +105,21 @@ def test_shared_mirror_checksums_when_present():
     assert c.origin == "mirror" and len(c.text) == 1_115_394
     v = corpora.load_wikitext2("valid", download=False)
     assert v.origin == "mirror" and "Homarus gammarus" in v.text
+
+
+def test_on_real_corpus_checks_real_text_and_skips_the_fallback_out_loud(capsys):
+    from types import SimpleNamespace
+
+    from llmbook.data.corpora import Corpus, on_real_corpus
+
+    real = Corpus("tinyshakespeare", "text", "mirror", None)
+    fake = Corpus("tinyshakespeare", "text", "fallback", None)
+    assert on_real_corpus(real, "a claim") is True
+    assert capsys.readouterr().out == ""
+    assert on_real_corpus(fake, "loss below 2") is False
+    assert "loss below 2" in capsys.readouterr().out
+    assert on_real_corpus(SimpleNamespace(fallback=True), "x") is False
+    assert on_real_corpus(SimpleNamespace(fallback=False), "x") is True
+    assert on_real_corpus("cache", "x") is True and on_real_corpus("fallback", "x") is False
+    with pytest.raises(TypeError, match="source"):
+        on_real_corpus(3, "x")
