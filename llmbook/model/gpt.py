@@ -114,8 +114,9 @@ class GPT(nn.Module):
         :param idx: token ids ``(B, T)``; without a cache ``T <= block_size``.
         :param attention_mask: optional bool, True at real tokens and False at padding: ``(B, T)``, or
             with a :class:`~llmbook.model.kv_cache.KVCache` ``(B, cached + T)`` covering the cached tokens
-            too. Padding is never attended to, and positions count real tokens only, so a left-padded row
-            computes exactly what the unpadded sequence computes.
+            too. Padding is never attended to, and positions, the sliding window and the attention
+            sinks count real tokens only, so a padded row computes exactly what the unpadded sequence
+            computes (with the cache too).
         :param positions: optional ``(B, T)`` or ``(T,)`` position ids; by default ``0..T-1`` after the
             cached tokens, or derived from ``attention_mask``.
         :param cache: optional :class:`~llmbook.model.kv_cache.KVCache` (it is filled and advanced) or
