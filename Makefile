@@ -46,11 +46,11 @@ $(STAMP): pyproject.toml Makefile
 	  echo "error: CUDA wheels were installed on a machine without a GPU" >&2; exit 1; fi
 	@touch $(STAMP)
 
-# Train every zoo recipe's profile that has no checkpoint yet (LLMBOOK_PROFILE, default cpu without
+# Train every zoo recipe the chapters load (book_recipes) that has no checkpoint yet (LLMBOOK_PROFILE, default cpu without
 # CUDA), in its own step: `make book` and `make test` run it first, so that no chapter cell ever trains
 # a zoo model under the cell timeout. A chapter run by hand still trains what it needs on first use.
 zoo: venv
-	@set -o pipefail; for recipe in $$($(BIN)/python -c "from llmbook.zoo import RECIPES; print(' '.join(sorted(RECIPES)))"); do \
+	@set -o pipefail; for recipe in $$($(BIN)/python -c "from llmbook.zoo.recipes import book_recipes; print(' '.join(book_recipes()))"); do \
 	  $(BIN)/llmbook train --recipe $$recipe --if-missing --no-progress | tail -1 || exit 1; \
 	done
 

@@ -45,6 +45,9 @@ class Recipe:
     """The tokenizer description (see :meth:`llmbook.tokenizer.byte.ByteTokenizer.to_dict`)."""
     train_fraction: float = 0.9
     """Share of the corpus used for training; the rest is the validation split."""
+    book: bool = True
+    """Whether chapters load this model. ``make zoo`` (run before the book and the tests) trains
+    these only (see :func:`book_recipes`); a recipe for benchmarks alone is trained by its benchmark."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,14 @@ class ResolvedRecipe:
 
 RECIPES: dict[str, Recipe] = {}
 """The registry: recipe name to :class:`Recipe`."""
+
+
+def book_recipes() -> list[str]:
+    """The recipes whose models chapters load, in name order: what ``make zoo`` trains ahead.
+
+    :returns: recipe names.
+    """
+    return sorted(name for name, recipe in RECIPES.items() if recipe.book)
 
 
 def register(recipe: Recipe) -> Recipe:
@@ -298,6 +309,7 @@ register(
             "eval_interval": 0,
             "precision": "bfloat16",
         },
+        book=False,
         profiles={
             profile: {"model": dict(RECIPES["shakespeare-modern"].profiles["cpu"]["model"])}
             for profile in PROFILES

@@ -26,9 +26,9 @@ TIMES_FILE = ROOT / "_build" / "chapter-times.json"
 def zoo_trained():
     """Train the zoo checkpoints the chapters load, before any chapter runs and outside any cell
     timeout (``make test`` and ``make book`` already ran ``make zoo``; then this finds them all)."""
-    from llmbook.zoo import RECIPES
+    from llmbook.zoo.recipes import book_recipes
 
-    for recipe in sorted(RECIPES):
+    for recipe in book_recipes():
         subprocess.run(
             [sys.executable, "-m", "llmbook", "train", "--recipe", recipe, "--if-missing"],
             check=True,

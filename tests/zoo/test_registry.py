@@ -196,3 +196,16 @@ def test_part2_recipe_profiles_are_valid():
     assert cpu.model_config.n_embd == 128 and gpu.model_config.n_embd == 384
     json.dumps(cpu.to_dict())
     assert "shakespeare-byte" in RECIPES
+
+
+def test_make_zoo_trains_what_chapters_load_and_no_benchmark_recipe():
+    import re
+
+    from llmbook.zoo.recipes import RECIPES, book_recipes
+    from tests.book.chapters import ROOT
+
+    loaded = set()
+    for page in (ROOT / "book").rglob("*.md"):
+        loaded |= set(re.findall(r"load_or_train\(\s*[\"']([\w-]+)[\"']", page.read_text()))
+    assert loaded and loaded <= set(book_recipes()), (loaded, book_recipes())
+    assert "shakespeare-speedrun" in RECIPES and "shakespeare-speedrun" not in book_recipes()
