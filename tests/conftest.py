@@ -3,6 +3,8 @@ import torch
 
 from llmbook.data import corpora
 from llmbook.data.corpora import CorpusFile
+from llmbook.model.config import ModelConfig
+from llmbook.model.gpt import GPT
 from llmbook.zoo import recipes
 from llmbook.zoo.recipes import Recipe
 
@@ -11,6 +13,17 @@ from llmbook.zoo.recipes import Recipe
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+TEXT = torch.tensor(list(b"the quick brown fox jumps over the lazy dog. " * 40))
+"""1,800 bytes of training text for the tiny models of the training tests."""
+
+
+def tiny_model(seed: int = 0, **overrides) -> GPT:
+    """A seeded 2-layer byte-level GPT (C=32, T=16) for training tests; ``overrides`` change fields."""
+    torch.manual_seed(seed)
+    config = dict(vocab_size=256, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
+    return GPT(ModelConfig(**{**config, **overrides}))
 
 
 TOY_TEXT = b"First Citizen:\nBefore we proceed any further, hear me speak.\n" * 60

@@ -6,19 +6,8 @@ import pytest
 import torch
 
 from llmbook.data.batching import IGNORE_INDEX
-from llmbook.model.config import ModelConfig
-from llmbook.model.gpt import GPT
 from llmbook.train.loop import TrainConfig, accumulate_gradients, autocast, train
-
-TEXT = torch.tensor(list(b"the quick brown fox jumps over the lazy dog. " * 40))
-
-
-def tiny_model(seed=0, dropout=0.0):
-    torch.manual_seed(seed)
-    cfg = ModelConfig(
-        vocab_size=256, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=dropout
-    )
-    return GPT(cfg)
+from tests.conftest import TEXT, tiny_model
 
 
 def grads(model):

@@ -7,8 +7,6 @@ import sys
 import pytest
 import torch
 
-from llmbook.model.config import ModelConfig
-from llmbook.model.gpt import GPT
 from llmbook.storage import CheckpointWarning, owner_tag
 from llmbook.train import checkpoint as train_checkpoint
 from llmbook.train.checkpoint import (
@@ -19,14 +17,12 @@ from llmbook.train.checkpoint import (
 )
 from llmbook.train.loop import TrainConfig, train
 from llmbook.train.optim import build_optimizer
-
-TEXT = torch.tensor(list(b"the quick brown fox jumps over the lazy dog. " * 40))
+from tests.conftest import TEXT
+from tests.conftest import tiny_model as shared_tiny_model
 
 
 def tiny_model(seed=0, dropout=0.1, **kw):
-    torch.manual_seed(seed)
-    cfg = dict(vocab_size=256, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=dropout)
-    return GPT(ModelConfig(**{**cfg, **kw}))
+    return shared_tiny_model(seed, dropout=dropout, **kw)
 
 
 def config(**kw):

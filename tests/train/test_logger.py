@@ -5,8 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from llmbook.model.config import ModelConfig
-from llmbook.model.gpt import GPT
 from llmbook.train.logger import (
     MultiLogger,
     TensorBoardLogger,
@@ -17,11 +15,7 @@ from llmbook.train.logger import (
     read_text,
 )
 from llmbook.train.loop import TrainConfig, train
-
-
-def tiny_model(seed=0):
-    torch.manual_seed(seed)
-    return GPT(ModelConfig(vocab_size=256, block_size=16, n_layer=2, n_head=2, n_embd=32))
+from tests.conftest import tiny_model
 
 
 def f32(x):

@@ -7,19 +7,16 @@ import pytest
 import torch
 
 from llmbook.data.batching import random_batch
-from llmbook.model.config import ModelConfig
-from llmbook.model.gpt import GPT
 from llmbook.train.evaluate import evaluate
 from llmbook.train.loop import TrainConfig, train
 from llmbook.train.optim import param_groups
 from llmbook.train.schedule import warmup_cosine
-
-TEXT = torch.tensor(list(b"the quick brown fox jumps over the lazy dog. " * 40))
+from tests.conftest import TEXT
+from tests.conftest import tiny_model as shared_tiny_model
 
 
 def tiny_model(seed=0):
-    torch.manual_seed(seed)
-    return GPT(ModelConfig(vocab_size=256, block_size=16, n_layer=1, n_head=2, n_embd=32))
+    return shared_tiny_model(seed, n_layer=1)
 
 
 def quick(**kw):

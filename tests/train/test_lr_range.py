@@ -3,18 +3,12 @@ import math
 import pytest
 import torch
 
-from llmbook.model.config import ModelConfig
-from llmbook.model.gpt import GPT
 from llmbook.train.lr_range import LRRangeResult, lr_range_test
+from tests.conftest import tiny_model
 
 TEXT = torch.tensor(  # about 4 KB of bytes
     list(b"Now is the winter of our discontent made glorious summer. " * 70)
 )
-
-
-def tiny_model(seed=0):
-    torch.manual_seed(seed)
-    return GPT(ModelConfig(vocab_size=256, block_size=16, n_layer=2, n_head=2, n_embd=32))
 
 
 def quick(model, **kw):
