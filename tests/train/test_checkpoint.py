@@ -121,19 +121,7 @@ def test_a_checkpoint_for_another_model_refuses_to_load_by_field(tmp_path):
 def test_corrupt_newest_checkpoint_is_reported_moved_aside_and_the_previous_one_used(
     tmp_path, capsys
 ):
-    cfg = config()
-    train(
-        tiny_model(),
-        TEXT[:1500],
-        TEXT[1500:],
-        cfg,
-        progress=False,
-        checkpoint_dir=tmp_path,
-        checkpoint_every=5,
-        keep_last=0,
-        stop_at=10,
-    )
-    newest = tmp_path / "step-00000010"
+    cfg, newest = _two_checkpoints(tmp_path)
     blob = (newest / "state.safetensors").read_bytes()
     (newest / "state.safetensors").write_bytes(blob[: len(blob) // 2])  # truncated
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
