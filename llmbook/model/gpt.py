@@ -42,6 +42,21 @@ class GPTOutput:
         yield self.loss
 
 
+def _pairwise_mask(
+    mask: torch.Tensor, B: int, T: int, start: int, cfg: ModelConfig, device
+) -> torch.Tensor:
+    # A (B, T, T) query-by-key mask made causal; each query always sees itself (no empty softmax row).
+    if start > 0:
+        raise ValueError("attention_mask: a (B, T, T) mask is for packed training rows, not a cache")
+    if cfg.sliding_window is not None:
+        raise ValueError("attention_mask: a (B, T, T) mask does not combine with sliding_window")
+    if tuple(mask.shape) != (B, T, T):
+        raise ValueError(f"attention_mask: expected shape {(B, T, T)}, got {tuple(mask.shape)}")
+    causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+    eye = torch.eye(T, dtype=torch.bool, device=device)
+    return (mask.to(device=device, dtype=torch.bool) & causal) | eye  # (B, T, T)
+
+
 class GPT(nn.Module):
     """A decoder-only transformer language model (GPT-2 layout).
 
@@ -116,7 +131,10 @@ class GPT(nn.Module):
             with a :class:`~llmbook.model.kv_cache.KVCache` ``(B, cached + T)`` covering the cached tokens
             too. Padding is never attended to, and positions, the sliding window and the attention
             sinks count real tokens only, so a padded row computes exactly what the unpadded sequence
-            computes (with the cache too).
+            computes (with the cache too). For packed rows (several documents in one row, Part 6) it
+            may instead be a ``(B, T, T)`` query-by-key mask, True where query ``t`` may see key ``s``
+            (a block diagonal); causality is added, and positions restart at each document (the
+            number of keys a query sees, minus one) unless ``positions`` is given.
         :param positions: optional ``(B, T)`` or ``(T,)`` position ids; by default ``0..T-1`` after the
             cached tokens, or derived from ``attention_mask``.
         :param cache: optional :class:`~llmbook.model.kv_cache.KVCache` (it is filled and advanced) or
@@ -167,6 +185,14 @@ class GPT(nn.Module):
         else:
             T_k = start + T
             key_valid = None
+            pairwise = None
+            if attention_mask is not None and attention_mask.dim() == 3:
+                # Packed sequences: a (B, T, T) mask of which key each query may see (a block
+                # diagonal of documents); causality is added here, positions restart per document.
+                pairwise = _pairwise_mask(attention_mask, B, T, start, cfg, device)
+                if positions is None:
+                    positions = pairwise.sum(-1) - 1  # (B, T): keys visible before and at t, minus 1
+                attention_mask = None
             if attention_mask is not None:
                 key_valid = attention_mask.to(device=device, dtype=torch.bool)
                 if key_valid.shape == (B, T) and start > 0:
@@ -184,12 +210,15 @@ class GPT(nn.Module):
                 positions = torch.arange(start, T_k, device=device)  # (T,)
                 n_positions = T_k
             needs_mask = (
-                key_valid is not None
+                pairwise is not None
+                or key_valid is not None
                 or cfg.sliding_window is not None
                 or (cache is not None and T > 1)
             )
             mask = None
-            if needs_mask:
+            if pairwise is not None:
+                mask = pairwise[:, None]  # (B, 1, T, T)
+            elif needs_mask:
                 mask = build_attention_mask(
                     T,
                     T_k,
