@@ -47,7 +47,7 @@ def _pairwise_mask(
 ) -> torch.Tensor:
     # A (B, T, T) query-by-key mask made causal; each query always sees itself (no empty softmax row).
     if start > 0:
-        raise ValueError("attention_mask: a (B, T, T) mask is for packed training rows, not a cache")
+        raise ValueError("attention_mask: a (B, T, T) mask is for packed rows, not with a cache")
     if cfg.sliding_window is not None:
         raise ValueError("attention_mask: a (B, T, T) mask does not combine with sliding_window")
     if tuple(mask.shape) != (B, T, T):
@@ -190,8 +190,8 @@ class GPT(nn.Module):
                 # Packed sequences: a (B, T, T) mask of which key each query may see (a block
                 # diagonal of documents); causality is added here, positions restart per document.
                 pairwise = _pairwise_mask(attention_mask, B, T, start, cfg, device)
-                if positions is None:
-                    positions = pairwise.sum(-1) - 1  # (B, T): keys visible before and at t, minus 1
+                if positions is None:  # keys a query sees, itself included, minus one
+                    positions = pairwise.sum(-1) - 1  # (B, T)
                 attention_mask = None
             if attention_mask is not None:
                 key_valid = attention_mask.to(device=device, dtype=torch.bool)
