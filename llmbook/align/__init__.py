@@ -1,0 +1,1 @@
+"""Alignment: the chat format, supervised fine-tuning, and (Parts 7-9) rewards and RL."""
