@@ -9,7 +9,7 @@ attention mask, so that each computes exactly what it computes alone.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -52,6 +52,20 @@ class SFTBatch:
     def padding_fraction(self) -> float:
         """The share of token slots that hold padding: compute spent on nothing."""
         return 1.0 - self.n_real_tokens / self.n_slots
+
+    def to(self, device: torch.device | str) -> SFTBatch:
+        """The same batch with its tensors on ``device`` (the counts stay Python ints).
+
+        :param device: where to put the tensors.
+        :returns: a new batch.
+        """
+        return replace(
+            self,
+            input_ids=self.input_ids.to(device, non_blocking=True),
+            labels=self.labels.to(device, non_blocking=True),
+            attention_mask=self.attention_mask.to(device, non_blocking=True),
+            document_ids=self.document_ids.to(device, non_blocking=True),
+        )
 
 
 def _as_row(row, index: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -49,6 +49,8 @@ def test_pad_batch_by_hand():
     assert right.document_ids.tolist() == [[0, 0, 0], [1, 1, -1]]
     assert (right.n_real_tokens, right.n_slots) == (5, 6)
     assert right.padding_fraction == pytest.approx(1 / 6)
+    moved = right.to("cpu")
+    assert torch.equal(moved.labels, right.labels) and moved.n_slots == 6
     left = pad_batch(rows, pad_id=PAD, side="left")
     assert left.input_ids.tolist() == [[5, 6, 7], [PAD, 8, 9]]
     assert left.labels.tolist() == [[6, 7, X], [X, 9, X]]
