@@ -2,9 +2,9 @@ r"""The chat format: special tokens for turns, rendering a conversation with its
 
 A conversation is rendered as one id sequence,
 
-.. code-block:: text
-
-    <|bos|> <|user|> user text <|end|> <|assistant|> answer <|end|> <|user|> ...
+```text
+<|bos|> <|user|> user text <|end|> <|assistant|> answer <|end|> <|user|> ...
+```
 
 and a boolean ``loss_mask`` of the same length that is True exactly on the assistant's content and
 the ``<|end|>`` closing it: supervised fine-tuning teaches the model to answer *and to stop*, never to

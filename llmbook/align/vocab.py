@@ -77,7 +77,7 @@ def grow_vocab(
     The token embedding ``tok_emb`` and the LM head ``lm_head`` get new rows at the end; the old
     rows are copied bit for bit, so every old token keeps its embedding and, on inputs of old tokens,
     its logit. A tied model stays tied (one matrix, grown once). ``model.config.vocab_size`` is
-    updated (through :func:`dataclasses.replace`, which re-validates the config). The parameters
+    updated (through ``dataclasses.replace``, which re-validates the config). The parameters
     are new tensors: build the optimizer after growing.
 
     **Why the mean.** At a position with final hidden state $h$ the old logits are
@@ -109,7 +109,7 @@ def grow_vocab(
     :param init: the new rows: ``"mean"`` (the mean of the old rows, for the embedding and for an
         untied head separately), ``"mean_noise"`` (that mean plus Gaussian noise of
         ``noise_scale`` times the old rows' per-coordinate standard deviation, so new tokens are
-        distinguishable), or ``"normal"`` (:math:`\mathcal N(0, \text{std}^2)`, the naive choice).
+        distinguishable), or ``"normal"`` ($\mathcal N(0, \text{std}^2)$, the naive choice).
     :param generator: the random generator for ``"mean_noise"`` and ``"normal"`` (a CPU
         generator; the rows are drawn on the CPU and moved).
     :param std: the standard deviation for ``"normal"``; None: ``model.config.init_std``.
