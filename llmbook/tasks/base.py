@@ -37,7 +37,6 @@ _MAX_INT_CHARS = 64  # past this, a "number" is garbage: never hand it to int()
 
 _PLAIN_INT = re.compile(r"0|-?[1-9][0-9]*")
 _GROUPED_INT = re.compile(r"-?[1-9][0-9]{0,2}(?:,[0-9]{3})+")
-_WORD = re.compile(r"[A-Za-z]+")
 
 
 @dataclass(frozen=True)
@@ -108,17 +107,6 @@ def canonical_int(text: str) -> str | None:
     return None
 
 
-def canonical_word(text: str) -> str | None:
-    """A word of ASCII letters, lowercased: words are compared case-insensitively.
-
-    :param text: an answer part.
-    :returns: the lowercased word, or ``None`` when ``text`` is not one or more ASCII letters.
-
-    Introduced in {doc}`/book/part6/04-evaluation`.
-    """
-    return text.lower() if _WORD.fullmatch(text) else None
-
-
 def _small_int(canonical: str | None) -> int | None:
     if canonical is None or len(canonical) > _MAX_INT_CHARS or not _PLAIN_INT.fullmatch(canonical):
         return None
@@ -148,9 +136,9 @@ class Task:
     split_by_phrasing: bool = False
 
     def sample_problem(self, rng: random.Random, difficulty: int) -> tuple:
-        """Draw a problem at a difficulty.
+        """Draw a problem at a level, using only ``rng``.
 
-        :param rng: the random source (the only one used).
+        :param rng: the random source.
         :param difficulty: a trained or out-of-distribution level.
         :returns: the canonical problem tuple.
         """
@@ -160,15 +148,13 @@ class Task:
         """The gold answer in canonical form.
 
         :param problem: a problem of this task.
-        :returns: the answer string.
         """
         raise NotImplementedError
 
     def prompt_fields(self, problem: tuple) -> dict[str, str]:
-        """The values the phrasings' fields take for a problem.
+        """The text each field of the phrasings takes for a problem.
 
         :param problem: a problem of this task.
-        :returns: field name to text.
         """
         raise NotImplementedError
 
@@ -177,7 +163,6 @@ class Task:
 
         :param problem: the problem being answered (some tasks' formats depend on it).
         :param text: the answer part of a completion (see :func:`answer_part`).
-        :returns: the canonical form, comparable with that of the gold answer.
         """
         raise NotImplementedError
 

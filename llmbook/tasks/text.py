@@ -17,8 +17,9 @@ import random
 import re
 import string
 
-from llmbook.tasks.base import Task, canonical_int, canonical_word, register
+from llmbook.tasks.base import Task, canonical_int, register
 
+_WORD = re.compile(r"[A-Za-z]+")
 _NUMBER_LIST = re.compile(r"(?:0|[1-9][0-9]*)(?:, ?(?:0|[1-9][0-9]*))*")
 
 
@@ -33,6 +34,17 @@ def random_word(rng: random.Random, length: int, alphabet: str = string.ascii_lo
     Introduced in {doc}`/book/part6/01-chat-format`.
     """
     return "".join(rng.choice(alphabet) for _ in range(length))
+
+
+def canonical_word(text: str) -> str | None:
+    """A word of ASCII letters, lowercased: words are compared case-insensitively.
+
+    :param text: an answer part.
+    :returns: the lowercased word, or ``None`` when ``text`` is not one or more ASCII letters.
+
+    Introduced in {doc}`/book/part6/04-evaluation`.
+    """
+    return text.lower() if _WORD.fullmatch(text) else None
 
 
 class _WordTask(Task):
