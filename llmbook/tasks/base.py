@@ -181,10 +181,8 @@ class Task:
         :returns: the level.
         :raises ValueError: naming ``difficulty`` when it is not one of them.
         """
-        if isinstance(difficulty, bool) or difficulty not in (
-            *self.difficulties,
-            *self.ood_difficulties,
-        ):
+        levels = (*self.difficulties, *self.ood_difficulties)
+        if isinstance(difficulty, bool) or difficulty not in levels:
             raise ValueError(
                 f"difficulty: {difficulty!r} is not a level of task {self.name!r} "
                 f"(trained {self.difficulties}, out-of-distribution {self.ood_difficulties})"
@@ -226,9 +224,8 @@ class Task:
         Introduced in {doc}`/book/part6/04-evaluation`.
         """
         got = self.canonical(problem, answer_part(completion_text(completion)))
-        return (
-            1.0 if got is not None and got == self.canonical(problem, self.answer(problem)) else 0.0
-        )
+        gold = self.canonical(problem, self.answer(problem))
+        return 1.0 if got is not None and got == gold else 0.0
 
     def prefix_form(self, problem: tuple, text: str) -> str:
         """The form in which a possibly cut-off answer part is compared with the gold's prefixes.

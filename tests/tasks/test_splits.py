@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from collections import Counter
 
@@ -60,6 +62,24 @@ def test_split_ignores_the_phrasing(name):
     for _ in range(50):
         problem = task.sample_problem(rng, task.difficulties[-1])
         assert len({split_of(name, problem, p) for p in range(len(task.phrasings))}) == 1
+
+
+def expected_split(name, key):
+    """The documented rule: SHA-256 of the JSON of [name, key], first 8 bytes as a fraction."""
+    blob = json.dumps([name, list(key)], separators=(",", ":")).encode()
+    u = int.from_bytes(hashlib.sha256(blob).digest()[:8], "big") / 2**64
+    return "train" if u < 0.8 else "val" if u < 0.9 else "test"
+
+
+def test_split_follows_the_documented_hash():
+    # pinned: changing the rule would silently move test problems into train for old checkpoints
+    rng = random.Random(2)
+    for name in NON_FACT:
+        task = TASKS[name]
+        for _ in range(200):
+            problem = task.sample_problem(rng, rng.choice(task.difficulties))
+            assert split_of(name, problem) == expected_split(name, task.split_key(problem))
+    assert split_of("add", (48, 37)) == expected_split("add", (37, 48))
 
 
 def test_split_shares_are_about_80_10_10():
