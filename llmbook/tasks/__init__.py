@@ -15,17 +15,15 @@ garbage) and names the kind of a wrong one. Train, validation and test splits ar
 from llmbook.tasks import arithmetic, facts, text  # noqa: F401  (importing registers the tasks)
 from llmbook.tasks.base import (
     FAILURE_KINDS,
-    SPLITS,
     TASKS,
     Example,
     Task,
     classify_failure,
-    generate_examples,
     get_task,
-    split_of,
     verify,
 )
 from llmbook.tasks.curriculum import SCHEDULES, difficulty_score, order_examples
+from llmbook.tasks.splits import SPLITS, generate_examples, split_of
 
 __all__ = [
     "FAILURE_KINDS",

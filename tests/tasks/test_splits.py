@@ -18,7 +18,7 @@ from llmbook.tasks import (
     get_task,
     split_of,
 )
-from llmbook.tasks.base import MAX_REJECTIONS
+from llmbook.tasks.splits import MAX_REJECTIONS
 
 ALL = sorted(TASKS)
 NON_FACT = [name for name in ALL if not TASKS[name].split_by_phrasing]
