@@ -4,7 +4,8 @@ Each task (``add``, ``sub``, ``mul``, ``compare``, ``reverse``, ``sort_letters``
 ``count``, ``lookup``) draws seeded problems at a difficulty, phrases them in several natural ways,
 knows the gold answer, and verifies a model's completion (a reward of 0 or 1 that never crashes on
 garbage) and names the kind of a wrong one. Train, validation and test splits are disjoint by problem.
-:func:`generate_examples` draws a mixture; :func:`order_examples` orders it for a curriculum.
+:func:`generate_examples` draws a mixture; :func:`order_examples` orders it for a curriculum;
+:func:`task_examples` draws a balanced evaluation set.
 
     >>> from llmbook.tasks import generate_examples, verify
     >>> [ex] = generate_examples(["add"], 1, split="train", seed=0, difficulty=2)
@@ -23,7 +24,7 @@ from llmbook.tasks.base import (
     verify,
 )
 from llmbook.tasks.curriculum import SCHEDULES, difficulty_score, order_examples
-from llmbook.tasks.splits import SPLITS, generate_examples, split_of
+from llmbook.tasks.splits import SPLITS, generate_examples, split_of, task_examples
 
 __all__ = [
     "FAILURE_KINDS",
@@ -38,5 +39,6 @@ __all__ = [
     "get_task",
     "order_examples",
     "split_of",
+    "task_examples",
     "verify",
 ]

@@ -2,7 +2,9 @@
 
 Splits are decided by a hash of the problem (never of the phrasing, except for fact lookups), so the
 test split asks problems that training never showed in any wording. :func:`generate_examples` draws
-a task mixture by rejection sampling against that hash, so no split ever sees another's problems.
+a task mixture by rejection sampling against that hash, so no split ever sees another's problems;
+:func:`task_examples` draws a balanced evaluation set, the same number of examples per (task,
+difficulty) cell.
 """
 
 from __future__ import annotations
@@ -15,10 +17,14 @@ from collections.abc import Mapping, Sequence
 
 from llmbook.tasks.base import TASKS, Example, Task, get_task
 
+_POOL_DRAWS = 1000  # draws used to list every problem of a cell too small for distinct examples
+
 SPLITS = ("train", "val", "test")
 """The split names, in order."""
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 """The share of problems (of split units) that each split of :data:`SPLITS` receives."""
+DIFFICULTY_SETS = ("trained", "ood", "all")
+"""What :func:`task_examples` accepts as ``difficulties``."""
 MAX_REJECTIONS = 10_000
 """Draws :func:`generate_examples` may reject in a row before it decides a split cannot be filled."""
 
@@ -180,4 +186,81 @@ def generate_examples(
                 f"in {MAX_REJECTIONS} draws; the problem space is too small for {len(examples) + 1} "
                 "examples"
             )
+    return examples
+
+
+def _cell_seed(seed: int, task: str, difficulty: int) -> int:
+    # Each cell has its own stream, so adding a task or a level leaves the other cells unchanged.
+    blob = f"{seed}/{task}/{difficulty}".encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "big")
+
+
+def _cell(task: str, level: int, n: int, split: str, seed: int) -> list[Example]:
+    try:
+        return generate_examples([task], n, split=split, seed=seed, difficulty=level, distinct=True)
+    except ValueError:
+        pass
+    # Fewer distinct problems than n: list those a large draw finds, and repeat them in turn, so
+    # that each weighs about the same in the cell's accuracy.
+    pool = generate_examples(
+        [task], max(_POOL_DRAWS, 10 * n), split=split, seed=seed, difficulty=level
+    )
+    by_phrasing = TASKS[task].split_by_phrasing
+    unique: dict[tuple, Example] = {}
+    for ex in pool:
+        unique.setdefault((ex.problem, ex.phrasing if by_phrasing else None), ex)
+    found = list(unique.values())
+    return [found[i % len(found)] for i in range(n)]
+
+
+def task_examples(
+    tasks: Sequence[str] | None,
+    n_per_cell: int,
+    *,
+    split: str = "test",
+    seed: int = 0,
+    difficulties: str = "trained",
+) -> list[Example]:
+    """A balanced evaluation set: ``n_per_cell`` examples of every (task, difficulty) cell.
+
+    Each cell is drawn with :func:`~llmbook.tasks.generate_examples` from its own seed (derived from
+    ``seed``, the task and the level), with distinct problems. A cell whose split holds fewer than
+    ``n_per_cell`` distinct problems (one-digit addition has about 17 in test) gets every distinct
+    problem that 1,000 draws find, repeated in turn: its accuracy is then an (almost) exact average
+    over the cell rather than a noisy estimate.
+
+    :param tasks: task names, or None for every registered task (sorted by name).
+    :param n_per_cell: examples per cell, ``>= 1``.
+    :param split: ``"train"``, ``"val"`` or ``"test"``.
+    :param seed: seed of the draw.
+    :param difficulties: ``"trained"`` (each task's trained levels), ``"ood"`` (its harder,
+        out-of-distribution levels; a task without any contributes nothing) or ``"all"``.
+    :returns: the examples, cell by cell (tasks in the given order, levels ascending).
+    :raises ValueError: naming ``tasks``, ``n_per_cell``, ``split`` or ``difficulties`` when invalid.
+
+    Introduced in {doc}`/book/part6/04-evaluation`.
+    """
+    if tasks is None:
+        tasks = sorted(TASKS)
+    if isinstance(tasks, str) or not isinstance(tasks, Sequence) or not tasks:
+        raise ValueError(f"tasks: expected a non-empty sequence of task names, got {tasks!r}")
+    for name in tasks:
+        if name not in TASKS:
+            raise ValueError(f"tasks: unknown task {name!r}; known: {sorted(TASKS)}")
+    if isinstance(n_per_cell, bool) or not isinstance(n_per_cell, int) or n_per_cell < 1:
+        raise ValueError(f"n_per_cell: expected an int >= 1, got {n_per_cell!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split: {split!r} is not one of {SPLITS}")
+    if difficulties not in DIFFICULTY_SETS:
+        raise ValueError(f"difficulties: {difficulties!r} is not one of {DIFFICULTY_SETS}")
+    examples: list[Example] = []
+    for name in tasks:
+        task = TASKS[name]
+        levels = {
+            "trained": task.difficulties,
+            "ood": task.ood_difficulties,
+            "all": (*task.difficulties, *task.ood_difficulties),
+        }[difficulties]
+        for level in sorted(levels):
+            examples.extend(_cell(name, level, n_per_cell, split, _cell_seed(seed, name, level)))
     return examples
