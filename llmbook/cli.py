@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     Bad arguments exit with status 2, a one-line message on stderr and the JSON error line on stdout.
 
-    :returns: the parser, with sub-commands ``train``, ``sample``, ``eval`` and ``zoo``.
+    :returns: the parser, with sub-commands ``train``, ``sample``, ``eval``, ``chat`` and ``zoo``.
     """
     parser = _Parser(prog="llmbook", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -157,13 +157,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=_probability, default=None)
     p.add_argument("--seed", type=_seed, default=0, help="0 to 2**64 - 1")
 
-    p = sub.add_parser("eval", help="validation loss, perplexity and bits per byte of a zoo model")
+    p = sub.add_parser(
+        "eval",
+        help="validation loss, perplexity and bits per byte of a zoo model; with --tasks, exact "
+        "match on the verifiable tasks",
+    )
     recipe_args(p)
     p.add_argument(
         "--corpus",
         default=None,
         help="evaluate on another corpus (whole file) instead of the recipe's validation split",
     )
+    p.add_argument(
+        "--tasks",
+        default=None,
+        help="task accuracy instead of the loss: 'all' or comma-separated task names",
+    )
+    p.add_argument("--split", choices=("train", "val", "test"), default="test")
+    p.add_argument(
+        "--difficulties",
+        choices=("trained", "ood", "all"),
+        default="trained",
+        help="which difficulty levels to test (ood: harder than trained)",
+    )
+    p.add_argument("--per-cell", type=_positive_int, default=50, help="examples per task and level")
+    p.add_argument("--seed", type=_seed, default=0, help="0 to 2**64 - 1")
+
+    p = sub.add_parser("chat", help="ask a fine-tuned (chat) zoo model one question")
+    recipe_args(p)
+    p.add_argument("--prompt", type=_utf8, required=True, help="the user's message")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=64)
+    p.add_argument("--num-samples", type=_positive_int, default=1)
+    p.add_argument("--temperature", type=_non_negative_float, default=0.0, help="0 is greedy")
+    p.add_argument("--top-k", type=_positive_int, default=None)
+    p.add_argument("--top-p", type=_probability, default=None)
+    p.add_argument("--seed", type=_seed, default=0, help="0 to 2**64 - 1")
 
     p = sub.add_parser("zoo", help="list recipes and their checkpoint keys")
     p.add_argument(
@@ -238,7 +266,8 @@ def _cmd_train(args) -> int:
             "trained_now": zoo.trained_now,
             "val_loss": m["val_loss"],
             "train_seconds": m["train_seconds"],
-            "tokens_per_second": m["tokens_per_second"],
+            "tokens_per_second": m.get("tokens_per_second"),
+            **({"val_accuracy": m["val_accuracy"]} if "val_accuracy" in m else {}),
             "steps": zoo.recipe.train_config.max_steps,
             **_provenance(zoo),
             "wall_seconds": time.perf_counter() - started,
@@ -256,6 +285,8 @@ def _cmd_sample(args) -> int:
 
     recipe = _resolve(args.recipe, args.profile)
     _check_environment(recipe, will_train=False)
+    if recipe.recipe.kind == "sft":
+        raise UsageError(f"--recipe: {args.recipe!r} is a chat model; use `llmbook chat`")
     zoo = load_or_train(args.recipe, args.profile, device=args.device, progress=True)
     tok = zoo.tokenizer
     # A model trained on BOS-prefixed windows expects its prompt to start with BOS too.
@@ -300,6 +331,14 @@ def _cmd_eval(args) -> int:
     from llmbook.zoo import load_or_train
 
     recipe = _resolve(args.recipe, args.profile)
+    if args.tasks is not None:
+        from llmbook.cli_align import eval_tasks
+
+        if args.corpus is not None:
+            raise UsageError("--tasks: evaluates on tasks, not a corpus; drop --corpus")
+        _check_environment(recipe, will_train=False)
+        _emit(eval_tasks(args, recipe, UsageError))
+        return 0
     if args.corpus is not None and args.corpus not in CORPORA:
         raise UsageError(f"--corpus: unknown corpus {args.corpus!r}; known: {sorted(CORPORA)}")
     _check_environment(recipe, will_train=False)
@@ -312,9 +351,7 @@ def _cmd_eval(args) -> int:
     if args.corpus is None:
         _, ids = train_val_split(ids, zoo.recipe.recipe.train_fraction)
     n_bytes = len(tok.decode_bytes(ids))  # what bits per byte divide by, for any tokenizer
-    result = evaluate(
-        zoo.model, ids, bos_id=zoo.recipe.train_config.bos_id, n_bytes=n_bytes or None
-    )
+    result = evaluate(zoo.model, ids, bos_id=_bos_id(zoo.recipe), n_bytes=n_bytes or None)
     model_origin = _provenance(zoo)
     _emit(
         {
@@ -333,6 +370,24 @@ def _cmd_eval(args) -> int:
             "n_bytes": n_bytes,
         }
     )
+    return 0
+
+
+def _bos_id(recipe):
+    # The BOS convention of the pretraining run (a fine-tuned model keeps its parent's).
+    while recipe.parent is not None:
+        recipe = recipe.parent
+    return recipe.train_config.bos_id
+
+
+def _cmd_chat(args) -> int:
+    from llmbook.cli_align import chat
+
+    recipe = _resolve(args.recipe, args.profile)
+    if recipe.recipe.kind != "sft":
+        raise UsageError(f"--recipe: {args.recipe!r} has no chat format; use `llmbook sample`")
+    _check_environment(recipe, will_train=False)
+    _emit(chat(args))
     return 0
 
 
@@ -400,7 +455,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    handlers = {"train": _cmd_train, "sample": _cmd_sample, "eval": _cmd_eval, "zoo": _cmd_zoo}
+    handlers = {
+        "train": _cmd_train,
+        "sample": _cmd_sample,
+        "eval": _cmd_eval,
+        "chat": _cmd_chat,
+        "zoo": _cmd_zoo,
+    }
     try:
         return handlers[args.command](args)
     except UsageError as err:

@@ -6,7 +6,7 @@ the other tasks hold out whole problems, would make the test split measure nothi
 be tested is whether a model answers a fact it learned when it is asked in words it never saw paired
 with that fact. So for this task alone the split unit is the (fact, phrasing) pair: one phrasing of
 every fact, chosen by hash, is always in train, and the other pairs are split 0.8/0.1/0.1 by their own
-hash (see :func:`~llmbook.tasks.base.split_of`). Every val or test pair therefore asks a fact that
+hash (see :func:`~llmbook.tasks.splits.split_of`). Every val or test pair therefore asks a fact that
 training taught, in a phrasing training never used for it.
 
 All facts have difficulty 1: there is no honest scale of how hard a fact is to recall, and no

@@ -28,11 +28,15 @@ TRAINING_SOURCES = (
     "tokenizer",
     "train",
     "data",
+    "tasks",
+    "align",
+    "generate",
     "zoo/recipes.py",
     "zoo/registry.py",
 )
 """The sources the key covers, relative to the package: every module that building, tokenizing,
-batching, training and resuming a zoo model runs. Left out on purpose: file I/O that either restores
+batching, training and resuming a zoo model runs (fine-tuning included: the tasks, the chat format,
+and generation, which scores a fine-tuned model and, from Part 8 on, samples its training data). Left out on purpose: file I/O that either restores
 the exact bytes or refuses (:mod:`llmbook.storage`, :mod:`llmbook.zoo.checkpoint`,
 :mod:`llmbook.paths`), this module (it trains nothing), and the package ``__init__`` (its version
 string changes nothing). ``tests/zoo/test_key.py`` checks that every module the training path imports

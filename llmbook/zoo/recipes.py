@@ -10,12 +10,15 @@ from dataclasses import dataclass, field
 
 import torch
 
+from llmbook.align.sft import SFTConfig
 from llmbook.data.corpora import CORPORA, Corpus, sha256_of
 from llmbook.model.config import ModelConfig
 from llmbook.train.loop import TrainConfig
 from llmbook.zoo.key import source_digest, torch_minor
 
 PROFILES = ("cpu", "gpu")
+KINDS = ("lm", "sft")
+"""Recipe kinds: pretraining on a corpus, or supervised fine-tuning of a parent recipe's model."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,12 @@ class Recipe:
     """The tokenizer description (see :meth:`llmbook.tokenizer.byte.ByteTokenizer.to_dict`)."""
     train_fraction: float = 0.9
     """Share of the corpus used for training; the rest is the validation split."""
+    kind: str = "lm"
+    """``"lm"``: pretrain on ``corpus`` with the training loop of Part 2; ``"sft"``: fine-tune the
+    ``parent`` recipe's model on the task mixture with :func:`llmbook.align.sft.train_sft` (Part 6),
+    where ``train`` holds :class:`~llmbook.align.sft.SFTConfig` fields."""
+    parent: str | None = None
+    """For a fine-tuning recipe, the recipe whose model it starts from (its key enters this one's)."""
     book: bool = True
     """Whether chapters load this model. ``make zoo`` (run before the book and the tests) trains
     these only (see :func:`book_recipes`); a recipe for benchmarks alone is trained by its benchmark."""
@@ -63,13 +72,15 @@ class ResolvedRecipe:
     """``"cpu"`` or ``"gpu"``."""
     model_config: ModelConfig
     """The model config."""
-    train_config: TrainConfig
-    """The training config."""
+    train_config: TrainConfig | SFTConfig
+    """The training config (an :class:`~llmbook.align.sft.SFTConfig` for a fine-tuning recipe)."""
     corpus_sha256: str
     """sha256 of the corpus text trained on: the registry's checksum of the real corpus unless
     :func:`resolve` was given the corpus actually loaded."""
     corpus_fallback: bool = False
     """True when that corpus is the offline fallback (see :func:`llmbook.data.corpora.load_corpus`)."""
+    parent: ResolvedRecipe | None = None
+    """For a fine-tuning recipe, the resolved recipe of the model it starts from."""
 
     def to_dict(self) -> dict:
         """Everything that determines the trained weights, as JSON-friendly data.
@@ -90,6 +101,8 @@ class ResolvedRecipe:
             "train": self.train_config.to_dict(),
             "source_sha256": source_digest(),
             "torch": torch_minor(),
+            "kind": self.recipe.kind,
+            "parent_key": None if self.parent is None else self.parent.key,
         }
 
     @property
@@ -117,11 +130,18 @@ def book_recipes() -> list[str]:
 def register(recipe: Recipe) -> Recipe:
     """Add a recipe to the registry.
 
-    :param recipe: the recipe; its name must be new.
+    :param recipe: the recipe; its name must be new, and a fine-tuning recipe's parent registered.
     :returns: the recipe.
+    :raises ValueError: for a taken name, an unknown kind, or a missing or unknown parent.
     """
     if recipe.name in RECIPES:
         raise ValueError(f"name: a recipe called {recipe.name!r} is already registered")
+    if recipe.kind not in KINDS:
+        raise ValueError(f"kind: must be one of {KINDS}, got {recipe.kind!r}")
+    if (recipe.kind == "sft") != (recipe.parent is not None):
+        raise ValueError("parent: a fine-tuning recipe needs one, a pretraining recipe has none")
+    if recipe.parent is not None and recipe.parent not in RECIPES:
+        raise ValueError(f"parent: {recipe.parent!r} is not a registered recipe")
     RECIPES[recipe.name] = recipe
     return recipe
 
@@ -166,6 +186,19 @@ def resolve(
     overrides = recipe.profiles.get(profile, {})
     model = {**copy.deepcopy(recipe.model), **overrides.get("model", {})}
     train = {**copy.deepcopy(recipe.train), **overrides.get("train", {})}
+    if recipe.kind == "sft":
+        # The fine-tuned model is the parent's, with the fields the recipe changes (vocabulary,
+        # context); its key covers the parent's, hence the parent's corpus and code.
+        parent = resolve(recipe.parent, profile, corpus=corpus)
+        return ResolvedRecipe(
+            recipe=recipe,
+            profile=profile,
+            model_config=ModelConfig.from_dict({**parent.model_config.to_dict(), **model}),
+            train_config=SFTConfig.from_dict(train),
+            corpus_sha256=parent.corpus_sha256,
+            corpus_fallback=parent.corpus_fallback,
+            parent=parent,
+        )
     if corpus is not None:
         sha, fallback = sha256_of(corpus.text.encode("utf-8")), corpus.origin == "fallback"
     else:
@@ -313,6 +346,56 @@ register(
         profiles={
             profile: {"model": dict(RECIPES["shakespeare-modern"].profiles["cpu"]["model"])}
             for profile in PROFILES
+        },
+    )
+)
+
+
+# Part 6: the Part 3 modern base fine-tuned on the verifiable tasks in the chat format. The chat
+# tokens grow the vocabulary from 259 to 262 ids; RoPE lets the context grow from 64 to 128 positions.
+register(
+    Recipe(
+        name="sft",
+        description="Part 6: the Part 3 base fine-tuned on the verifiable tasks in the chat format",
+        corpus="tinyshakespeare",
+        kind="sft",
+        parent="shakespeare-modern",
+        tokenizer={
+            "type": "byte",
+            "specials": [
+                "<|bos|>",
+                "<|eos|>",
+                "<|pad|>",
+                "<|user|>",
+                "<|assistant|>",
+                "<|end|>",
+            ],
+        },
+        model={"vocab_size": 262, "block_size": 128},
+        train={"block_size": 128, "seed": 0},
+        profiles={
+            "cpu": {
+                "train": {
+                    "max_steps": 1500,
+                    "batch_size": 32,
+                    "lr": 3e-3,
+                    "min_lr": 3e-4,
+                    "warmup_steps": 50,
+                    "packing": "pack",
+                }
+            },
+            "gpu": {
+                "model": {"block_size": 256},  # the gpu base already has 256 positions
+                "train": {
+                    "block_size": 256,
+                    "max_steps": 6000,
+                    "batch_size": 128,
+                    "lr": 1e-3,
+                    "min_lr": 1e-4,
+                    "warmup_steps": 200,
+                    "packing": "pack",
+                }
+            },
         },
     )
 )

@@ -198,7 +198,10 @@ def _train(
     progress: bool,
     log_every: int,
     partial: Path | None = None,
+    root: Path | None = None,
 ):
+    if recipe.recipe.kind == "sft":
+        return _fine_tune(recipe, device, progress, root)
     tokenizer = tokenizer_from_dict(recipe.recipe.tokenizer)
     ids = torch.tensor(tokenizer.encode(corpus.text), dtype=torch.long)
     train_ids, val_ids = train_val_split(ids, recipe.recipe.train_fraction)
@@ -240,6 +243,53 @@ def _train(
         "history": history.to_dict(),
     }
     return model.eval(), tokenizer, meta
+
+
+def _fine_tune(recipe: ResolvedRecipe, device: torch.device, progress: bool, root: Path | None):
+    # Part 6: the parent recipe's model (from the zoo, trained first if missing), given the chat
+    # tokens and a longer context, fine-tuned on the task mixture.
+    from llmbook.align.evaluate import evaluate_tasks, task_examples
+    from llmbook.align.sft import prepare_model, train_sft
+
+    parent = load_or_train(
+        recipe.parent.recipe.name, recipe.profile, device=device, root=root, progress=progress
+    )
+    if parent.recipe.key != recipe.parent.key:
+        raise RuntimeError(
+            f"parent: expected the {recipe.parent.recipe.name} model with key {recipe.parent.key}, "
+            f"got {parent.recipe.key}"
+        )
+    cfg = recipe.train_config
+    started = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    block_size = cfg.block_size or parent.model.config.block_size
+    model, chat = prepare_model(parent.model, parent.tokenizer, block_size=block_size)
+    if model.config.to_dict() != recipe.model_config.to_dict():
+        raise RuntimeError("model: the prepared model's config differs from the recipe's")
+    history = train_sft(model, chat, cfg, progress=progress)
+    report = evaluate_tasks(
+        model, chat, task_examples(sorted(cfg.tasks), 32, split="val", seed=cfg.seed)
+    )
+    meta = {
+        "recipe": recipe.to_dict(),
+        "key": recipe.key,
+        "model": recipe.model_config.to_dict(),
+        "tokenizer": chat.tokenizer.to_dict(),
+        "corpus": dict(parent.meta.get("corpus", {})),
+        "parent": {"name": parent.recipe.recipe.name, "key": parent.recipe.key},
+        "metrics": {
+            "val_loss": history.val_loss[-1],
+            "val_accuracy": report.overall(),
+            "val_tasks": report.to_json(),
+            "train_seconds": history.train_seconds,
+            "wall_seconds": time.perf_counter() - started,
+            "padding_fraction": history.padding_fraction,
+            "device": str(device),
+            "torch_threads": torch.get_num_threads(),
+        },
+        "history": history.to_dict(),
+    }
+    return model.eval(), chat.tokenizer, meta
 
 
 def load_or_train(
@@ -302,16 +352,16 @@ def load_or_train(
                 found = _load_cached(directory, recipe, device)
                 if found is not None:
                     return found
-            return _train_and_save(recipe, corpus, directory, device, progress, log_every)
+            return _train_and_save(recipe, corpus, directory, device, progress, log_every, root)
 
 
-def _train_and_save(recipe, corpus, directory, device, progress, log_every) -> ZooModel:
+def _train_and_save(recipe, corpus, directory, device, progress, log_every, root) -> ZooModel:
     # Training writes resumable checkpoints to <directory>.partial: an interrupted run continues where
     # it stopped, with bit-identical results (the partial run has the same key by construction).
     partial = partial_dir(directory)
     rank, _ = world()
     model, tokenizer, meta = _train(
-        recipe, corpus, device, progress and rank == 0, log_every, partial
+        recipe, corpus, device, progress and rank == 0, log_every, partial, root
     )
     if rank == 0:
         save_checkpoint(directory, model, meta)
