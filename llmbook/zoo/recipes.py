@@ -390,9 +390,10 @@ register(
         train={"block_size": 128, "seed": 0, "tasks": {**SFT_MIXTURE}},
         profiles={
             "cpu": {
+                # About 4 minutes on two cores: batch 64 costs little more per step than 32 on a CPU.
                 "train": {
-                    "max_steps": 2400,
-                    "batch_size": 32,
+                    "max_steps": 1000,
+                    "batch_size": 64,
                     "lr": 3e-3,
                     "min_lr": 3e-4,
                     "warmup_steps": 50,
