@@ -57,3 +57,15 @@ def start_run(seed: int = 0, device: torch.device | str | None = None) -> RunInf
     set_seed(seed)
     device = torch.device(device) if device is not None else default_device()
     return RunInfo(seed=seed, device=device, environment=environment_report(device))
+
+
+def plain(value):
+    """A number as a plain Python scalar, for ``myst_nb.glue``: a numpy or torch scalar would be glued
+    as its repr (``np.float64(2.5)``), which a format such as ``{glue:text}`key:.2f``` cannot read.
+
+    :param value: a number, a numpy or 0-d torch scalar, or anything else (returned as it is).
+    :returns: ``value.item()`` when the value has it, else ``value``.
+
+    Introduced in {doc}`/book/part6/02-sft-loss`.
+    """
+    return value.item() if hasattr(value, "item") else value

@@ -25,7 +25,7 @@ from torch import nn
 from llmbook.align.chat import ChatFormat, ParsedCompletion
 from llmbook.align.passk import pass_at_k_many
 from llmbook.generate import check_sampling, generate
-from llmbook.tasks import Example, classify_failure, verify
+from llmbook.tasks.base import Example, classify_failure, verify
 from llmbook.tasks.splits import task_examples
 
 __all__ = [
@@ -337,7 +337,7 @@ def evaluate_tasks(
     :param use_cache: use a KV cache when prompt and answer fit the context window.
     :returns: a :class:`TaskEval` with ``len(examples) * n_samples`` records.
     :raises ValueError: naming ``examples`` when it is empty or holds something else than
-        :class:`~llmbook.tasks.Example`, or the generation setting that is invalid.
+        :class:`~llmbook.tasks.base.Example`, or the generation setting that is invalid.
 
     Introduced in {doc}`/book/part6/04-evaluation`.
     """

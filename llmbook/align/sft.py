@@ -21,7 +21,8 @@ from llmbook.align.chat import ChatFormat, chat_tokenizer
 from llmbook.align.sft_loss import REDUCTIONS, sft_loss
 from llmbook.align.vocab import grow_vocab
 from llmbook.model.config import check_field_values, config_from_dict
-from llmbook.tasks import SCHEDULES, TASKS, Example, generate_examples, order_examples
+from llmbook.tasks import SCHEDULES, TASKS, generate_examples, order_examples
+from llmbook.tasks.base import Example
 from llmbook.train.optim import build_optimizer
 from llmbook.train.schedule import learning_rate
 
