@@ -61,7 +61,7 @@ def start_run(seed: int = 0, device: torch.device | str | None = None) -> RunInf
 
 def plain(value):
     """A number as a plain Python scalar, for ``myst_nb.glue``: a numpy or torch scalar would be glued
-    as its repr (``np.float64(2.5)``), which a format such as ``{glue:text}`key:.2f``` cannot read.
+    as its repr (``np.float64(2.5)``), which a number format in the prose (``:.2f``) cannot read.
 
     :param value: a number, a numpy or 0-d torch scalar, or anything else (returned as it is).
     :returns: ``value.item()`` when the value has it, else ``value``.
