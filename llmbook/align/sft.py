@@ -23,7 +23,7 @@ from llmbook.align.vocab import grow_vocab
 from llmbook.model.config import check_field_values, config_from_dict
 from llmbook.tasks import SCHEDULES, TASKS, generate_examples, order_examples
 from llmbook.tasks.base import Example
-from llmbook.train.optim import build_optimizer
+from llmbook.train.optim import build_optimizer, check_optimizer_fields
 from llmbook.train.schedule import learning_rate
 
 
@@ -112,16 +112,7 @@ class SFTConfig:
         for name in ("warmup_steps", "eval_interval", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr: must be positive, got {self.lr!r}")
-        if not 0 <= self.min_lr <= self.lr:
-            raise ValueError(f"min_lr: must be in [0, lr], got {self.min_lr!r}")
-        for name in ("beta1", "beta2"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name}: must be in [0, 1), got {getattr(self, name)!r}")
-        for name in ("weight_decay", "grad_clip"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)!r}")
+        check_optimizer_fields(self)
         for name, allowed in (
             ("reduction", REDUCTIONS),
             ("packing", MODES),

@@ -18,7 +18,7 @@ from llmbook.model.config import check_field_values, config_from_dict
 from llmbook.model.moe import moe_metrics
 from llmbook.train.distributed import all_reduce_sum, barrier, shard, world
 from llmbook.train.evaluate import evaluate
-from llmbook.train.optim import build_optimizer
+from llmbook.train.optim import build_optimizer, check_optimizer_fields
 from llmbook.train.schedule import SCHEDULES, learning_rate
 
 PRECISIONS = ("float32", "bfloat16", "float16")
@@ -106,17 +106,7 @@ class TrainConfig:
             raise ValueError(
                 f"eval_batches: must be a positive integer or None, got {self.eval_batches!r}"
             )
-        if not self.lr > 0:
-            raise ValueError(f"lr: must be positive, got {self.lr!r}")
-        if not 0 <= self.min_lr <= self.lr:
-            raise ValueError(f"min_lr: must be in [0, lr], got {self.min_lr!r}")
-        for name in ("beta1", "beta2"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name}: must be in [0, 1), got {getattr(self, name)!r}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay: must be >= 0, got {self.weight_decay!r}")
-        if self.grad_clip < 0:
-            raise ValueError(f"grad_clip: must be >= 0, got {self.grad_clip!r}")
+        check_optimizer_fields(self)
         if self.bos_id is not None and (
             isinstance(self.bos_id, bool) or not isinstance(self.bos_id, int) or self.bos_id < 0
         ):

@@ -90,3 +90,28 @@ def build_optimizer(
     return torch.optim.AdamW(
         param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, fused=True
     )
+
+
+def check_optimizer_fields(config) -> None:
+    """Check the optimizer and schedule fields that every training config shares.
+
+    The fields are ``lr``, ``min_lr``, ``beta1``, ``beta2``, ``weight_decay`` and ``grad_clip``. This
+    checks ranges only; the config has already checked types and finiteness
+    (:func:`~llmbook.model.config.check_field_values`).
+
+    :param config: a config with those fields (:class:`~llmbook.train.loop.TrainConfig`,
+        :class:`~llmbook.align.sft.SFTConfig`).
+    :raises ValueError: one line that starts with the field name.
+
+    Introduced in {doc}`/book/part2/04-training-loop`.
+    """
+    if not config.lr > 0:
+        raise ValueError(f"lr: must be positive, got {config.lr!r}")
+    if not 0 <= config.min_lr <= config.lr:
+        raise ValueError(f"min_lr: must be in [0, lr], got {config.min_lr!r}")
+    for name in ("beta1", "beta2"):
+        if not 0.0 <= getattr(config, name) < 1.0:
+            raise ValueError(f"{name}: must be in [0, 1), got {getattr(config, name)!r}")
+    for name in ("weight_decay", "grad_clip"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"{name}: must be >= 0, got {getattr(config, name)!r}")
