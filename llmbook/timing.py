@@ -7,6 +7,7 @@ minute slows every contender alike; :mod:`llmbook.benchmark` builds its comparis
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -53,6 +54,7 @@ def matmul_workload(
     n: int = 1024,
     device: str = "cpu",
     work: float | None = None,
+    seconds: float | None = None,
 ) -> tuple[Callable[[], None], float]:
     """A unit of pure matmul work to time: ``n x n`` by ``n x n`` products, repeated.
 
@@ -63,17 +65,37 @@ def matmul_workload(
     :param n: the matrix size.
     :param device: where to multiply (on CUDA, pass a larger ``n``, e.g. 8192, to fill the GPU).
     :param work: FLOPs per call (default: about 10 ms of work, 2e9 on a CPU, 2e13 on a GPU).
+    :param seconds: instead of ``work``, about how long one call should take on this machine. One
+        product is timed first; where it alone takes longer (a dtype the hardware only emulates, such
+        as bfloat16 on a CPU without bf16 instructions, runs 100 times slower than float32), ``n`` is
+        halved, down to 128, so the workload fits. Takes precedence over ``work``.
     :returns: ``(run, flops)``: a function of no arguments (it waits for the device) and the FLOPs
         one call performs (2 n^3 per product).
 
     Introduced in {doc}`/book/appendix/performance`.
     """
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    if work is None:
-        work = 2e9 if torch.device(device).type == "cpu" else 2e13
-    inner = max(1, int(work // (2 * n**3)))
-    a @ b  # warm-up
+    if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"seconds must be a positive finite number, got {seconds!r}")
+    while True:
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
+        a @ b  # warm-up
+        synchronize(device)
+        if seconds is None:
+            break
+        start = time.perf_counter()
+        a @ b
+        synchronize(device)
+        one = time.perf_counter() - start
+        if one <= seconds / 2 or n <= 128:
+            break
+        n //= 2
+    if seconds is not None:
+        inner = max(1, int(seconds / max(one, 1e-9)))
+    else:
+        if work is None:
+            work = 2e9 if torch.device(device).type == "cpu" else 2e13
+        inner = max(1, int(work // (2 * n**3)))
 
     def run() -> None:
         for _ in range(inner):
@@ -140,7 +162,7 @@ def time_steps_and_peak(
     }
     peak_flops = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        timed[f"matmul_{name}"], peak_flops[name] = matmul_workload(dtype, work=1e10)
+        timed[f"matmul_{name}"], peak_flops[name] = matmul_workload(dtype, seconds=0.1)
     times = interleaved(timed, repeats)
     peak = {name: flops / median(times.pop(f"matmul_{name}")) for name, flops in peak_flops.items()}
     tps = {name: steps * tokens_per_step / median(t) for name, t in times.items()}

@@ -28,6 +28,25 @@ def test_median():
     assert timing.median([4.0, 1.0, 2.0, 3.0]) == 2.5
 
 
+def test_matmul_workload_sized_by_time_shrinks_a_slow_product(monkeypatch):
+    # A fake clock: the first product (n=1024) "takes" 4 s, far over the 0.1 s asked for, so n is
+    # halved; at n=512 one product takes 0.01 s, so a call repeats it 10 times.
+    ticks = iter([0.0, 4.0, 10.0, 10.01])
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: next(ticks))
+    run, flops = timing.matmul_workload(torch.float32, seconds=0.1)
+    assert flops == 2.0 * 512**3 * 10
+    run()  # the workload itself runs (the clock is not read by it)
+
+
+def test_matmul_workload_sized_by_time_on_the_real_clock_and_bad_durations():
+    run, flops = timing.matmul_workload(torch.bfloat16, seconds=0.05, n=256)
+    run()
+    assert flops >= 2.0 * 128**3
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="seconds"):
+            timing.matmul_workload(seconds=bad)
+
+
 def test_train_steps_build_the_same_model_for_llmbook_and_transformers():
     # Same config and seed: the two contenders start from identical weights, so they do the same work.
     cfg = benchmark.llama_style(n_layer=1)
