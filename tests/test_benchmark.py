@@ -156,3 +156,33 @@ def test_bench_script_refuses_an_unknown_stage():
     )
     assert result.returncode == 2
     assert "unknown stage" in result.stderr and "training" in result.stderr
+
+
+def test_sft_budget_run_reports_examples_seconds_and_the_target_accuracies():
+    import importlib.util
+
+    from llmbook.align.sft import prepare_model
+    from llmbook.model import GPT, ModelConfig
+    from llmbook.tokenizer import ByteTokenizer
+
+    spec = importlib.util.spec_from_file_location("sft_budget", ROOT / "bench" / "sft_budget.py")
+    sft_budget = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sft_budget)
+    torch.manual_seed(0)
+    base = GPT(ModelConfig(vocab_size=259, block_size=32, n_layer=1, n_head=2, n_embd=16, pos_embedding="rope"))
+    model, chat = prepare_model(base, ByteTokenizer(), block_size=64)
+    result = sft_budget.run(
+        model, chat, tasks={"add": 1, "count": 1}, difficulty={"add": [2]}, steps=2, batch_size=4, n_eval=3
+    )
+    assert result["examples"] == 8 and result["train_seconds"] >= 0
+    assert set(result["accuracy"]) == {"add 2", "count"}
+    assert all(0.0 <= v <= 1.0 for v in result["accuracy"].values())
+
+
+def test_sft_budget_script_refuses_tasks_that_are_not_json():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "sft_budget.py"), "--tasks", "{add: 1}"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "not JSON" in result.stderr
