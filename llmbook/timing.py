@@ -66,9 +66,9 @@ def matmul_workload(
     :param device: where to multiply (on CUDA, pass a larger ``n``, e.g. 8192, to fill the GPU).
     :param work: FLOPs per call (default: about 10 ms of work, 2e9 on a CPU, 2e13 on a GPU).
     :param seconds: instead of ``work``, about how long one call should take on this machine. One
-        product is timed first; where it alone takes longer (a dtype the hardware only emulates, such
-        as bfloat16 on a CPU without bf16 instructions, runs 100 times slower than float32), ``n`` is
-        halved, down to 128, so the workload fits. Takes precedence over ``work``.
+        product is timed first; while it alone takes more than half of that (a dtype the hardware
+        only emulates, such as bfloat16 on a CPU without bf16 instructions, runs about 100 times
+        slower than float32), ``n`` is halved, down to 128. Takes precedence over ``work``.
     :returns: ``(run, flops)``: a function of no arguments (it waits for the device) and the FLOPs
         one call performs (2 n^3 per product).
 
