@@ -43,7 +43,9 @@ PROBES = (("add", (2,)), ("reverse", (3, 4, 5, 6)))
 """The Part 6 targets: 2-digit addition and reversing words of at most 6 letters."""
 
 
-def run(model, chat, *, tasks, difficulty=None, steps, batch_size, lr=3e-3, n_eval=200) -> dict:
+def run(
+    model, chat, *, tasks, difficulty=None, steps, batch_size, lr=3e-3, n_eval=200, progress=False
+) -> dict:
     """Fine-tune ``model`` in place and measure the targets on the validation split.
 
     :param model: a model prepared by :func:`llmbook.align.sft.prepare_model`.
@@ -54,6 +56,7 @@ def run(model, chat, *, tasks, difficulty=None, steps, batch_size, lr=3e-3, n_ev
     :param batch_size: examples per step.
     :param lr: peak learning rate (cosine decay to a tenth of it).
     :param n_eval: validation examples per probe.
+    :param progress: show the training progress bar on stderr.
     :returns: a JSON-ready dict: the setting, examples seen, training seconds and accuracies.
     """
     from llmbook.align.evaluate import evaluate_tasks
@@ -71,7 +74,7 @@ def run(model, chat, *, tasks, difficulty=None, steps, batch_size, lr=3e-3, n_ev
         packing="pack",
         eval_examples=64,
     )
-    history = train_sft(model, chat, config, progress=False)
+    history = train_sft(model, chat, config, progress=progress)
     result = {
         "tasks": tasks,
         "difficulty": difficulty,
@@ -117,6 +120,14 @@ def main(argv: list[str] | None = None) -> int:
             difficulty = json.loads(args.difficulty) if args.difficulty else None
         except json.JSONDecodeError as error:
             parser.error(f"--tasks/--difficulty: not JSON ({error})")
+        from llmbook.align.sft import SFTConfig
+
+        try:  # a bad task, weight or level is refused before the base model is loaded
+            SFTConfig(
+                tasks=tasks, difficulty=difficulty, max_steps=args.steps, batch_size=args.batch_size
+            )
+        except (ValueError, TypeError) as error:
+            parser.error(str(error))
         plan = {
             "custom": dict(
                 tasks=tasks, difficulty=difficulty, steps=args.steps, batch_size=args.batch_size
@@ -138,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         base = load_or_train("shakespeare-modern", progress=False)
         model, chat = prepare_model(base.model, base.tokenizer, block_size=128)
         started = time.perf_counter()
-        result = run(model, chat, lr=args.lr, **setting)
+        result = run(model, chat, lr=args.lr, progress=True, **setting)
+        result["base_corpus"] = base.corpus_origin  # "fallback": not the book's base model
         result["wall_seconds"] = round(time.perf_counter() - started, 1)
         results.append({"run": name, **result})
         print(json.dumps(results[-1]), flush=True)

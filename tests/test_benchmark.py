@@ -186,3 +186,12 @@ def test_sft_budget_script_refuses_tasks_that_are_not_json():
         text=True,
     )
     assert result.returncode == 2 and "not JSON" in result.stderr
+
+
+def test_sft_budget_script_refuses_an_unknown_task_before_training():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "sft_budget.py"), "--tasks", '{"juggle": 1}'],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "juggle" in result.stderr
