@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "eval",
         help="validation loss, perplexity and bits per byte of a zoo model; with --tasks, exact "
-        "match on the verifiable tasks",
+        "match on the verifiable tasks; for a reward model, held-out pairwise accuracy",
     )
     recipe_args(p)
     p.add_argument(
@@ -181,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="which difficulty levels to test (ood: harder than trained)",
     )
     p.add_argument("--per-cell", type=_positive_int, default=50, help="examples per task and level")
+    p.add_argument(
+        "--pairs", type=_positive_int, default=1000, help="reward models: held-out pairs to rank"
+    )
     p.add_argument("--seed", type=_seed, default=0, help="0 to 2**64 - 1")
 
     p = sub.add_parser("chat", help="ask a fine-tuned (chat) zoo model one question")
@@ -287,6 +290,8 @@ def _cmd_sample(args) -> int:
     _check_environment(recipe, will_train=False)
     if recipe.recipe.kind == "sft":
         raise UsageError(f"--recipe: {args.recipe!r} is a chat model; use `llmbook chat`")
+    if recipe.recipe.kind == "reward":
+        raise UsageError(f"--recipe: {args.recipe!r} is a reward model; use `llmbook eval`")
     zoo = load_or_train(args.recipe, args.profile, device=args.device, progress=True)
     tok = zoo.tokenizer
     # A model trained on BOS-prefixed windows expects its prompt to start with BOS too.
@@ -331,6 +336,17 @@ def _cmd_eval(args) -> int:
     from llmbook.zoo import load_or_train
 
     recipe = _resolve(args.recipe, args.profile)
+    if recipe.recipe.kind == "reward":
+        from llmbook.cli_align import eval_reward
+
+        if args.corpus is not None or args.tasks not in (None, "all"):
+            raise UsageError(
+                "--recipe: a reward model is evaluated on preference pairs of its own tasks; "
+                "drop --corpus and --tasks"
+            )
+        _check_environment(recipe, will_train=False)
+        _emit(eval_reward(args, recipe))
+        return 0
     if args.tasks is not None:
         from llmbook.cli_align import eval_tasks
 

@@ -1,4 +1,5 @@
-"""The ``llmbook`` commands for fine-tuned chat models: ``chat``, and ``eval --tasks`` (Part 6)."""
+"""The ``llmbook`` commands for fine-tuned models: ``chat`` and ``eval --tasks`` (Part 6), and ``eval``
+of a reward model (Part 7)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,56 @@ def eval_tasks(args, recipe, usage_error: type[Exception]) -> dict:
         "accuracy": report.overall(),
         "n": len(examples),
         "tasks": report.to_json(),
+        "corpus_origin": zoo.corpus_origin,
+        "fallback": zoo.fallback,
+    }
+
+
+def eval_reward(args, recipe) -> dict:
+    """``llmbook eval`` for a reward model: held-out pairwise accuracy, overall and per kind and task.
+
+    The pairs are drawn as the recipe's training pairs were (tasks, rejection kinds, length bias),
+    from ``--split`` (test by default; disjoint from training by prompt), with the SFT model's own
+    wrong samples for the ``"sample"`` kind.
+
+    :param args: the parsed command line (``recipe``, ``profile``, ``device``, ``split``, ``pairs``,
+        ``seed``).
+    :param recipe: the resolved recipe.
+    :returns: the JSON summary.
+    """
+    from collections import defaultdict
+
+    from llmbook.align.reward import pair_rewards, reward_data, sft_samples
+    from llmbook.zoo import load_or_train
+
+    zoo = load_or_train(args.recipe, args.profile, device=args.device, progress=True)
+    parent = load_or_train(
+        recipe.parent.recipe.name, args.profile, device=args.device, progress=True
+    )
+    fmt = ChatFormat(zoo.tokenizer)
+    cfg = zoo.recipe.train_config
+    sampler = sft_samples(parent.model, fmt, temperature=cfg.sample_temperature, seed=args.seed)
+    pairs = reward_data(cfg, args.pairs, split=args.split, seed=args.seed, samples_for=sampler)
+    chosen, rejected = pair_rewards(zoo.model, fmt, pairs)
+    right = (chosen > rejected).tolist()
+    groups: dict[str, dict[str, list[bool]]] = {
+        "kinds": defaultdict(list),
+        "tasks": defaultdict(list),
+    }
+    for pair, ok in zip(pairs, right):
+        groups["kinds"][pair.kind].append(ok)
+        groups["tasks"][pair.example.task].append(ok)
+    return {
+        "command": "eval",
+        "recipe": args.recipe,
+        "profile": zoo.recipe.profile,
+        "split": args.split,
+        "n": len(pairs),
+        "pairwise_accuracy": sum(right) / len(right),
+        **{
+            name: {k: {"n": len(v), "accuracy": sum(v) / len(v)} for k, v in sorted(g.items())}
+            for name, g in groups.items()
+        },
         "corpus_origin": zoo.corpus_origin,
         "fallback": zoo.fallback,
     }

@@ -123,6 +123,7 @@ class GPT(nn.Module):
         attention_mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
         cache=None,
+        causal: bool = True,
     ) -> torch.Tensor:
         """Run the model up to (and including) the final norm.
 
@@ -139,11 +140,62 @@ class GPT(nn.Module):
             cached tokens, or derived from ``attention_mask``.
         :param cache: optional :class:`~llmbook.model.kv_cache.KVCache` (it is filled and advanced) or
             :class:`~llmbook.model.kv_cache.RollingKVCache` (one token per call, RoPE models).
+        :param causal: False runs the same blocks as an *encoder*: every position attends to every
+            real token, later ones included (the reward model's encoder variant, Part 7.2). It takes
+            a ``(B, T)`` mask or none, and no cache or sliding window.
         :returns: the final hidden states ``(B, T, C)``.
         :raises ValueError: for a sequence longer than ``block_size`` without a cache, positions beyond
-            a learned table, a mask of the wrong shape, or a mask or positions with the rolling cache.
+            a learned table, a mask of the wrong shape, a mask or positions with the rolling cache, or
+            ``causal=False`` with a cache, a sliding window or a ``(B, T, T)`` mask.
         """
+        if not causal:
+            if cache is not None:
+                raise ValueError(
+                    "causal: an encoder pass sees the whole sequence; it takes no cache"
+                )
+            return self._run_bidirectional(idx, attention_mask, positions)
         return self._run(idx, attention_mask=attention_mask, positions=positions, cache=cache)[0]
+
+    def _run_bidirectional(
+        self, idx: torch.Tensor, attention_mask: torch.Tensor | None, positions: torch.Tensor | None
+    ) -> torch.Tensor:
+        # The encoder: the causal rule replaced by "any real key"; positions count real tokens, so
+        # padding on either side changes nothing for the real ones.
+        B, T = idx.shape
+        cfg = self.config
+        if cfg.sliding_window is not None:
+            raise ValueError("causal: an encoder pass does not combine with sliding_window")
+        if T > cfg.block_size:
+            raise ValueError(f"sequence length {T} exceeds block_size ({cfg.block_size})")
+        if attention_mask is None:
+            key_valid = torch.ones(B, T, dtype=torch.bool, device=idx.device)
+        else:
+            if attention_mask.dim() != 2 or tuple(attention_mask.shape) != (B, T):
+                raise ValueError(
+                    f"attention_mask: an encoder pass takes shape {(B, T)}, "
+                    f"got {tuple(attention_mask.shape)}"
+                )
+            key_valid = attention_mask.to(device=idx.device, dtype=torch.bool)
+        if positions is None:
+            positions = (key_valid.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+        mask = key_valid[:, None, None, :].expand(B, 1, T, T)  # (B, 1, T, T): every real key
+        rope = None
+        if cfg.pos_embedding == "rope":
+            cos, sin = self.rope_tables(int(positions.max()) + 1, idx.device)
+            cos, sin = cos[positions], sin[positions]  # (B, T, D) or (T, D)
+            rope = (cos, sin, cos, sin)
+        x = self.tok_emb(idx)  # (B, T, C)
+        if self.pos_emb is not None:
+            if int(positions.max()) >= cfg.block_size:
+                raise ValueError(
+                    f"positions: {int(positions.max())} is beyond the {cfg.pos_embedding} table "
+                    f"(block_size {cfg.block_size})"
+                )
+            x = x + self.pos_emb(positions)
+        x = self.drop(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, rope=rope, layer=i)
+        return self.norm_f(x)  # (B, T, C)
 
     def _run(
         self,

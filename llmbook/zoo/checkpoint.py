@@ -33,6 +33,7 @@ __all__ = [
     "META",
     "WEIGHTS",
     "CheckpointError",
+    "build_model",
     "check_shapes",
     "load_weights",
     "meta_model",
@@ -41,24 +42,41 @@ __all__ = [
 ]
 
 
-def meta_model(config: ModelConfig) -> GPT:
+def build_model(config: ModelConfig, reward: dict | None = None):
+    """The model a checkpoint describes: a GPT, or a reward model around one.
+
+    :param config: the (backbone) model config.
+    :param reward: for a reward model, its ``{"pooling": ..., "causal": ...}`` (the checkpoint
+        JSON's ``"reward"`` entry); None for a language model.
+    :returns: a :class:`~llmbook.model.gpt.GPT` or :class:`~llmbook.align.reward_model.RewardModel`.
+    """
+    if reward is None:
+        return GPT(config)
+    from llmbook.align.reward_model import RewardModel
+
+    return RewardModel(GPT(config), pooling=reward["pooling"], causal=reward["causal"])
+
+
+def meta_model(config: ModelConfig, reward: dict | None = None):
     """The model a config describes, on the ``meta`` device: shapes and names, no memory.
 
     :param config: the model config.
-    :returns: a :class:`~llmbook.model.gpt.GPT` whose tensors have no data.
+    :param reward: see :func:`build_model`.
+    :returns: a model whose tensors have no data.
     """
     with torch.device("meta"):
-        return GPT(config)
+        return build_model(config, reward)
 
 
-def check_shapes(directory: str | Path, config: ModelConfig) -> None:
+def check_shapes(directory: str | Path, config: ModelConfig, reward: dict | None = None) -> None:
     """Check a checkpoint's weights header against a config without allocating the model.
 
     :param directory: the checkpoint directory.
     :param config: the config the weights should fit.
+    :param reward: see :func:`build_model`.
     :raises CheckpointError: when the header is unreadable, or a name or shape differs.
 
     Introduced in {doc}`/book/part2/04-training-loop`.
     """
     path = Path(directory) / WEIGHTS
-    check_fits(read_header(path), meta_model(config), path)
+    check_fits(read_header(path), meta_model(config, reward), path)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from llmbook.align.reward import RewardConfig
 from llmbook.align.sft import SFTConfig
 from llmbook.data.corpora import CORPORA, Corpus, sha256_of
 from llmbook.model.config import ModelConfig
@@ -17,8 +18,12 @@ from llmbook.train.loop import TrainConfig
 from llmbook.zoo.key import source_digest, torch_minor
 
 PROFILES = ("cpu", "gpu")
-KINDS = ("lm", "sft")
-"""Recipe kinds: pretraining on a corpus, or supervised fine-tuning of a parent recipe's model."""
+KINDS = ("lm", "sft", "reward")
+"""Recipe kinds: pretraining on a corpus, supervised fine-tuning of a parent recipe's model, or a
+reward model trained on preference pairs from a parent (fine-tuned) model."""
+
+FINE_TUNED = ("sft", "reward")
+"""The kinds that start from a parent recipe's model."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,10 @@ class Recipe:
     kind: str = "lm"
     """``"lm"``: pretrain on ``corpus`` with the training loop of Part 2; ``"sft"``: fine-tune the
     ``parent`` recipe's model on the task mixture with :func:`llmbook.align.sft.train_sft` (Part 6),
-    where ``train`` holds :class:`~llmbook.align.sft.SFTConfig` fields."""
+    where ``train`` holds :class:`~llmbook.align.sft.SFTConfig` fields; ``"reward"``: a reward model
+    on the ``parent``'s model, trained on preference pairs with
+    :func:`llmbook.align.reward.train_reward` (Part 7), where ``train`` holds
+    :class:`~llmbook.align.reward.RewardConfig` fields."""
     parent: str | None = None
     """For a fine-tuning recipe, the recipe whose model it starts from (its key enters this one's)."""
     book: bool = True
@@ -72,8 +80,9 @@ class ResolvedRecipe:
     """``"cpu"`` or ``"gpu"``."""
     model_config: ModelConfig
     """The model config."""
-    train_config: TrainConfig | SFTConfig
-    """The training config (an :class:`~llmbook.align.sft.SFTConfig` for a fine-tuning recipe)."""
+    train_config: TrainConfig | SFTConfig | RewardConfig
+    """The training config (an :class:`~llmbook.align.sft.SFTConfig` for a fine-tuning recipe, a
+    :class:`~llmbook.align.reward.RewardConfig` for a reward model)."""
     corpus_sha256: str
     """sha256 of the corpus text trained on: the registry's checksum of the real corpus unless
     :func:`resolve` was given the corpus actually loaded."""
@@ -138,7 +147,7 @@ def register(recipe: Recipe) -> Recipe:
         raise ValueError(f"name: a recipe called {recipe.name!r} is already registered")
     if recipe.kind not in KINDS:
         raise ValueError(f"kind: must be one of {KINDS}, got {recipe.kind!r}")
-    if (recipe.kind == "sft") != (recipe.parent is not None):
+    if (recipe.kind in FINE_TUNED) != (recipe.parent is not None):
         raise ValueError("parent: a fine-tuning recipe needs one, a pretraining recipe has none")
     if recipe.parent is not None and recipe.parent not in RECIPES:
         raise ValueError(f"parent: {recipe.parent!r} is not a registered recipe")
@@ -186,6 +195,18 @@ def resolve(
     overrides = recipe.profiles.get(profile, {})
     model = {**copy.deepcopy(recipe.model), **overrides.get("model", {})}
     train = {**copy.deepcopy(recipe.train), **overrides.get("train", {})}
+    if recipe.kind == "reward":
+        # A reward model is the parent's backbone and a head: same model config, the parent's key.
+        parent = resolve(recipe.parent, profile, corpus=corpus)
+        return ResolvedRecipe(
+            recipe=recipe,
+            profile=profile,
+            model_config=ModelConfig.from_dict({**parent.model_config.to_dict(), **model}),
+            train_config=RewardConfig.from_dict(train),
+            corpus_sha256=parent.corpus_sha256,
+            corpus_fallback=parent.corpus_fallback,
+            parent=parent,
+        )
     if recipe.kind == "sft":
         # The fine-tuned model is the parent's, with the fields the recipe changes (vocabulary,
         # context); its key covers the parent's, hence the parent's corpus and code.
@@ -410,8 +431,72 @@ register(
                     "min_lr": 1e-4,
                     "warmup_steps": 200,
                     "packing": "pack",
-                }
+                },
             },
         },
     )
 )
+
+
+# Part 7: reward models on the SFT model. Preference pairs are drawn fresh for every step from the
+# tasks of PREFERENCE_TASKS; a tenth of them have answers of equal length (the content mistakes: off
+# by one, a wrong or swapped digit), the rest differ in length. The clean model sees the longer
+# answer win half the time; the biased one sees it win 9 times in 10 (Part 7.1).
+REWARD_TRAIN = {
+    "seed": 0,
+    "equal_share": 0.1,
+    "length_bias": 0.5,
+    "pooling": "last",
+    "causal": True,
+    "loss": "bradley_terry",
+}
+"""The settings the three reward recipes share."""
+
+REWARD_PROFILES = {
+    # About two minutes on two cores.
+    "cpu": {
+        "train": {
+            "max_steps": 600,
+            "batch_size": 32,
+            "lr": 1e-3,
+            "min_lr": 1e-4,
+            "warmup_steps": 30,
+        }
+    },
+    "gpu": {
+        "train": {
+            "max_steps": 2000,
+            "batch_size": 64,
+            "lr": 3e-4,
+            "min_lr": 3e-5,
+            "warmup_steps": 100,
+        }
+    },
+}
+"""Per-profile budgets of the reward recipes."""
+
+for _name, _description, _train in (
+    ("reward", "Part 7: reward model on the SFT model, clean preference pairs", {}),
+    (
+        "reward-biased",
+        "Part 7: reward model on length-biased preference pairs (the longer answer wins 90 %)",
+        {"length_bias": 0.9},
+    ),
+    (
+        "reward-encoder",
+        "Part 7: the encoder variant (causal mask removed, mean pooling), clean pairs",
+        {"causal": False, "pooling": "mean"},
+    ),
+):
+    register(
+        Recipe(
+            name=_name,
+            description=_description,
+            corpus="tinyshakespeare",
+            kind="reward",
+            parent="sft",
+            tokenizer=RECIPES["sft"].tokenizer,
+            train={**REWARD_TRAIN, **_train},
+            profiles=copy.deepcopy(REWARD_PROFILES),
+        )
+    )

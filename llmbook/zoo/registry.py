@@ -27,6 +27,7 @@ from llmbook.train.distributed import barrier, world
 from llmbook.train.loop import train
 from llmbook.zoo.checkpoint import (
     CheckpointError,
+    build_model,
     check_shapes,
     load_weights,
     read_meta,
@@ -87,6 +88,9 @@ def load_checkpoint(
 ) -> tuple[GPT, dict]:
     """Load any checkpoint directory written by :func:`~llmbook.storage.save_checkpoint`.
 
+    A reward model's JSON has a ``"reward"`` entry (pooling, causal); it loads as a
+    :class:`~llmbook.align.reward_model.RewardModel`.
+
     The weights file's header is checked against the config in the JSON on the ``meta`` device
     first (see :func:`~llmbook.zoo.checkpoint.check_shapes`), so nothing is allocated for a
     checkpoint that does not fit; then the weights' sha256 is verified and they are loaded.
@@ -105,8 +109,15 @@ def load_checkpoint(
         raise CheckpointError(
             f"{directory}: invalid model config in checkpoint.json ({err})"
         ) from err
-    check_shapes(directory, config)
-    model = GPT(config)
+    reward = meta.get("reward")
+    if reward is not None and (
+        not isinstance(reward, dict)
+        or reward.get("pooling") not in ("last", "mean")
+        or not isinstance(reward.get("causal"), bool)
+    ):
+        raise CheckpointError(f"{directory}: invalid reward entry in checkpoint.json ({reward!r})")
+    check_shapes(directory, config, reward)
+    model = build_model(config, reward)
     load_weights(directory, model, meta)
     return model.to(device).eval(), meta
 
@@ -202,6 +213,8 @@ def _train(
 ):
     if recipe.recipe.kind == "sft":
         return _fine_tune(recipe, device, progress, root)
+    if recipe.recipe.kind == "reward":
+        return _train_reward_model(recipe, device, progress, root)
     tokenizer = tokenizer_from_dict(recipe.recipe.tokenizer)
     ids = torch.tensor(tokenizer.encode(corpus.text), dtype=torch.long)
     train_ids, val_ids = train_val_split(ids, recipe.recipe.train_fraction)
@@ -251,14 +264,7 @@ def _fine_tune(recipe: ResolvedRecipe, device: torch.device, progress: bool, roo
     from llmbook.align.evaluate import evaluate_tasks, task_examples
     from llmbook.align.sft import prepare_model, train_sft
 
-    parent = load_or_train(
-        recipe.parent.recipe.name, recipe.profile, device=device, root=root, progress=progress
-    )
-    if parent.recipe.key != recipe.parent.key:
-        raise RuntimeError(
-            f"parent: expected the {recipe.parent.recipe.name} model with key {recipe.parent.key}, "
-            f"got {parent.recipe.key}"
-        )
+    parent = _parent_model(recipe, device, progress, root)
     cfg = recipe.train_config
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
@@ -284,6 +290,54 @@ def _fine_tune(recipe: ResolvedRecipe, device: torch.device, progress: bool, roo
             "train_seconds": history.train_seconds,
             "wall_seconds": time.perf_counter() - started,
             "padding_fraction": history.padding_fraction,
+            "device": str(device),
+            "torch_threads": torch.get_num_threads(),
+        },
+        "history": history.to_dict(),
+    }
+    return model.eval(), chat.tokenizer, meta
+
+
+def _parent_model(recipe: ResolvedRecipe, device, progress: bool, root: Path | None) -> ZooModel:
+    parent = load_or_train(
+        recipe.parent.recipe.name, recipe.profile, device=device, root=root, progress=progress
+    )
+    if parent.recipe.key != recipe.parent.key:
+        raise RuntimeError(
+            f"parent: expected the {recipe.parent.recipe.name} model with key {recipe.parent.key}, "
+            f"got {parent.recipe.key}"
+        )
+    return parent
+
+
+def _train_reward_model(
+    recipe: ResolvedRecipe, device: torch.device, progress: bool, root: Path | None
+):
+    # Part 7: a reward model on the parent's (the SFT model's) weights, trained on preference pairs
+    # whose "sample" rejections the parent itself wrote.
+    from llmbook.align.chat import ChatFormat
+    from llmbook.align.reward import reward_model_from, sft_samples, train_reward
+
+    parent = _parent_model(recipe, device, progress, root)
+    cfg = recipe.train_config
+    started = time.perf_counter()
+    chat = ChatFormat(parent.tokenizer)
+    sampler = sft_samples(parent.model, chat, temperature=cfg.sample_temperature, seed=cfg.seed)
+    model = reward_model_from(parent.model, cfg)
+    history = train_reward(model, chat, cfg, samples_for=sampler, progress=progress)
+    meta = {
+        "recipe": recipe.to_dict(),
+        "key": recipe.key,
+        "model": recipe.model_config.to_dict(),
+        "reward": {"pooling": cfg.pooling, "causal": cfg.causal},
+        "tokenizer": chat.tokenizer.to_dict(),
+        "corpus": dict(parent.meta.get("corpus", {})),
+        "parent": {"name": parent.recipe.recipe.name, "key": parent.recipe.key},
+        "metrics": {
+            "val_accuracy": history.val_accuracy,
+            "train_seconds": history.train_seconds,
+            "data_seconds": history.data_seconds,
+            "wall_seconds": time.perf_counter() - started,
             "device": str(device),
             "torch_threads": torch.get_num_threads(),
         },
