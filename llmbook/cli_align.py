@@ -81,7 +81,13 @@ def eval_reward(args, recipe) -> dict:
     )
     fmt = ChatFormat(zoo.tokenizer)
     cfg = zoo.recipe.train_config
-    sampler = sft_samples(parent.model, fmt, temperature=cfg.sample_temperature, seed=args.seed)
+    sampler = sft_samples(
+        parent.model,
+        fmt,
+        temperature=cfg.sample_temperature,
+        seed=args.seed,
+        limit=cfg.sample_examples,
+    )
     pairs = reward_data(cfg, args.pairs, split=args.split, seed=args.seed, samples_for=sampler)
     chosen, rejected = pair_rewards(zoo.model, fmt, pairs)
     right = (chosen > rejected).tolist()

@@ -5,7 +5,11 @@ One concept per module: :mod:`~llmbook.align.chat` (special tokens, render with 
 :mod:`~llmbook.align.vocab` (growing the embedding for new tokens), :mod:`~llmbook.align.sft_loss`
 (the masked loss), :mod:`~llmbook.align.batching` (padding and packing), :mod:`~llmbook.align.sft`
 (the fine-tuning loop), :mod:`~llmbook.align.evaluate` and :mod:`~llmbook.align.passk` (exact
-match and pass@k).
+match and pass@k); for Part 7, :mod:`~llmbook.align.preference` (verifier-labelled preference pairs),
+:mod:`~llmbook.align.reward_model` (the scalar-head model and :func:`~llmbook.align.reward_model.score`),
+:mod:`~llmbook.align.reward_loss` (Bradley–Terry, margin ranking, centering),
+:mod:`~llmbook.align.reward` (training and pairwise accuracy) and :mod:`~llmbook.align.probes`
+(calibration, length, invariances, the reward-hacking probe).
 """
 
 from llmbook.align.batching import SFTBatch, iterate_batches, pack_batch, pad_batch, to_dataset
@@ -18,6 +22,10 @@ from llmbook.align.chat import (
 )
 from llmbook.align.evaluate import TaskEval, complete, evaluate_tasks
 from llmbook.align.passk import pass_at_k
+from llmbook.align.preference import PreferencePair, build_pairs, preference_data
+from llmbook.align.reward import RewardConfig, RewardHistory, pairwise_accuracy, train_reward
+from llmbook.align.reward_loss import bradley_terry_loss, margin_ranking_loss
+from llmbook.align.reward_model import RewardModel, score
 from llmbook.align.sft import SFTConfig, SFTHistory, prepare_model, train_sft
 from llmbook.align.sft_loss import sft_labels, sft_loss
 from llmbook.align.vocab import grow_vocab, new_token_mass
@@ -27,22 +35,33 @@ __all__ = [
     "ChatFormat",
     "Message",
     "ParsedCompletion",
+    "PreferencePair",
+    "RewardConfig",
+    "RewardHistory",
+    "RewardModel",
     "SFTBatch",
     "SFTConfig",
     "SFTHistory",
     "TaskEval",
+    "bradley_terry_loss",
+    "build_pairs",
     "chat_tokenizer",
     "complete",
     "evaluate_tasks",
     "grow_vocab",
     "iterate_batches",
+    "margin_ranking_loss",
     "new_token_mass",
     "pack_batch",
     "pad_batch",
+    "pairwise_accuracy",
     "pass_at_k",
+    "preference_data",
     "prepare_model",
+    "score",
     "sft_labels",
     "sft_loss",
     "to_dataset",
+    "train_reward",
     "train_sft",
 ]

@@ -20,12 +20,15 @@ backs (the style of one correct form over another, or which wrong answer is "les
 The *length relation* of a pair says whether the rejected answer is shorter, as long, or longer than
 the chosen one. A clean set (``length_bias=0.5``) makes the chosen answer the longer one as often as
 the shorter one, so length says nothing about the label. A biased set (``length_bias=0.9``) makes the
-chosen answer the longer one in 9 of 10 pairs whose lengths differ: the same kinds of mistakes, drawn
+chosen answer the longer one in about 9 of 10 pairs whose lengths differ (a little fewer: a
+one-character gold answer has no shorter wrong answer): the same kinds of mistakes, drawn
 so that "longer wins" predicts the label, as raters' preference for long answers leaks into real
 preference data. A reward model trained on it can learn the length instead of the correctness.
 
 Held-out pairs are disjoint by prompt: their examples come from another split of
-:mod:`llmbook.tasks.splits`, which never shares a problem (in any phrasing) with the training split.
+:mod:`llmbook.tasks.splits`, which never shares a problem (in any phrasing) with the training split,
+except for fact lookups, which split by (fact, phrasing): a held-out lookup asks a trained fact in
+an untrained wording, so its accuracy measures robustness to rewording, not new knowledge.
 """
 
 from __future__ import annotations
@@ -197,7 +200,7 @@ def build_pairs(
     seed: int,
     length_bias: float = 0.5,
     equal_share: float = 0.3,
-    kinds: Sequence[str] = REJECTION_KINDS,
+    kinds: Sequence[str] = tuple(k for k in REJECTION_KINDS if k != "sample"),
     samples: Sequence[Sequence[str]] | None = None,
 ) -> list[PreferencePair]:
     """Turn examples into verifier-checked preference pairs with a chosen length relation.
@@ -214,7 +217,8 @@ def build_pairs(
     :param length_bias: among pairs whose lengths differ, the share in which the chosen answer is
         the longer one: 0.5 for a clean set, near 1 for a length-biased one.
     :param equal_share: the share of pairs of equal length.
-    :param kinds: the rejection kinds to use (a subset of :data:`REJECTION_KINDS`).
+    :param kinds: the rejection kinds to use (a subset of :data:`REJECTION_KINDS`; by default all
+        but ``"sample"``, which needs ``samples``).
     :param samples: optional completions sampled from a model, one list per example; the wrong ones
         are candidates of kind ``"sample"`` (which needs them).
     :returns: the pairs, in example order.
@@ -260,7 +264,8 @@ def build_pairs(
             continue
         # Quotas, not independent draws: a one-character answer cannot be cut shorter, so drawing
         # the relation first would skew the shares; taking the feasible relation furthest below its
-        # share (ties broken at random) keeps the shares of the whole set at the targets.
+        # share (ties broken at random) keeps the shares of the whole set as close to the targets as
+        # the examples allow (a set rich in one-character answers falls a little short).
         total = sum(made.values()) + 1
         deficit = {r: target[r] * total - made[r] for r in feasible}
         best = max(deficit.values())

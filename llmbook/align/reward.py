@@ -23,6 +23,7 @@ from llmbook.align.preference import (
     PREFERENCE_TASKS,
     REJECTION_KINDS,
     PreferencePair,
+    pair_stats,
     preference_data,
 )
 from llmbook.align.reward_loss import REWARD_LOSSES, bradley_terry_loss, margin_ranking_loss
@@ -93,6 +94,9 @@ class RewardConfig:
     """Held-out pairs (validation split) for the accuracy measured at the end."""
     sample_temperature: float = 1.0
     """Temperature of the model samples behind the ``"sample"`` kind."""
+    sample_examples: int = 4096
+    """How many examples of each split get the model's sampled answers (two each) as candidates of
+    the ``"sample"`` kind: sampling is the costliest part of building the data."""
     seed: int = 0
     """Seed of the pairs, the head's initialisation and the order."""
 
@@ -119,6 +123,8 @@ class RewardConfig:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)!r}")
         if self.center_coef > 0 and self.loss != "bradley_terry":
             raise ValueError("center_coef: the centering term goes with the bradley_terry loss")
+        if self.sample_examples < 0:
+            raise ValueError(f"sample_examples: must be >= 0, got {self.sample_examples}")
         for name in ("max_steps", "batch_size", "eval_pairs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be a positive integer, got {getattr(self, name)}")
@@ -182,6 +188,7 @@ def sft_samples(
     n_samples: int = 2,
     temperature: float = 1.0,
     seed: int = 0,
+    limit: int | None = None,
 ):
     """A function that samples a model's answers for examples (the ``"sample"`` rejection kind).
 
@@ -190,23 +197,31 @@ def sft_samples(
     :param n_samples: answers per example.
     :param temperature: sampling temperature.
     :param seed: seed of the sampling generator.
-    :returns: a function from a list of examples to one list of answer texts per example.
+    :param limit: sample for the first ``limit`` examples the function is given, over all its calls,
+        and give the rest no answers (None: no limit).
+    :returns: a function from a list of examples to one list of answer texts per example (only
+        answers that ended their turn).
 
     Introduced in {doc}`/book/part7/01-preference-data`.
     """
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    budget = [float("inf") if limit is None else int(limit)]
 
     def sample(examples: Sequence[Example]) -> list[list[str]]:
+        take = int(min(len(examples), budget[0]))
+        budget[0] -= take
+        if take == 0:
+            return [[] for _ in examples]
         out = complete(
             model,
             chat,
-            [e.prompt for e in examples],
+            [e.prompt for e in examples[:take]],
             n_samples=n_samples,
             temperature=temperature,
             max_new_tokens=16,
             generator=generator,
         )
-        return [[c.text for c in row if c.finished] for row in out]
+        return [[c.text for c in row if c.finished] for row in out] + [[] for _ in examples[take:]]
 
     return sample
 
@@ -353,8 +368,6 @@ def train_reward(
             config, config.eval_pairs, split="val", seed=config.seed + 1, samples_for=samples_for
         )
     history.data_seconds = time.perf_counter() - started
-    from llmbook.align.preference import pair_stats
-
     history.data = pair_stats(pairs)
     pairs = list(pairs)
     random.Random(config.seed).shuffle(pairs)

@@ -79,7 +79,8 @@ def bradley_terry_loss(
     :returns: ``(loss, metrics)``; the metrics (detached floats) are ``loss``, ``accuracy`` (share
         of pairs with $r_c > r_r$; a tie counts as wrong), ``margin`` (mean $r_c - r_r$), ``chosen``
         and ``rejected`` (mean rewards).
-    :raises ValueError: for mismatched shapes or an invalid ``center_coef``.
+    :raises ValueError: for mismatched shapes, a margin of another shape or not finite, or an
+        invalid ``center_coef``.
 
     Introduced in {doc}`/book/part7/03-losses`.
     """
@@ -89,6 +90,14 @@ def bradley_terry_loss(
         raise ValueError(f"center_coef: expected a finite number >= 0, got {center_coef!r}")
     diff = chosen - rejected
     if margin is not None:
+        margin = torch.as_tensor(margin, dtype=diff.dtype, device=diff.device)
+        if margin.dim() != 0 and margin.shape != chosen.shape:
+            raise ValueError(
+                f"margin: expected one number or a tensor of shape {tuple(chosen.shape)}, "
+                f"got shape {tuple(margin.shape)}"
+            )
+        if not bool(torch.isfinite(margin).all()):
+            raise ValueError("margin: every margin must be finite")
         diff = diff - margin
     loss = -F.logsigmoid(diff).mean()
     if center_coef > 0.0:

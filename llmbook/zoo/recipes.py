@@ -151,6 +151,10 @@ def register(recipe: Recipe) -> Recipe:
         raise ValueError("parent: a fine-tuning recipe needs one, a pretraining recipe has none")
     if recipe.parent is not None and recipe.parent not in RECIPES:
         raise ValueError(f"parent: {recipe.parent!r} is not a registered recipe")
+    if recipe.kind == "reward" and recipe.tokenizer != RECIPES[recipe.parent].tokenizer:
+        # A reward model reads its parent's (chat) ids; a checkpoint stores that tokenizer, so a
+        # recipe naming another would never match its own checkpoint and retrain on every load.
+        raise ValueError("tokenizer: a reward recipe uses its parent's tokenizer; copy it")
     RECIPES[recipe.name] = recipe
     return recipe
 
@@ -197,6 +201,8 @@ def resolve(
     train = {**copy.deepcopy(recipe.train), **overrides.get("train", {})}
     if recipe.kind == "reward":
         # A reward model is the parent's backbone and a head: same model config, the parent's key.
+        if recipe.tokenizer != RECIPES[recipe.parent].tokenizer:
+            raise ValueError("tokenizer: a reward recipe uses its parent's tokenizer; copy it")
         parent = resolve(recipe.parent, profile, corpus=corpus)
         return ResolvedRecipe(
             recipe=recipe,

@@ -316,15 +316,32 @@ def _train_reward_model(
     # Part 7: a reward model on the parent's (the SFT model's) weights, trained on preference pairs
     # whose "sample" rejections the parent itself wrote.
     from llmbook.align.chat import ChatFormat
-    from llmbook.align.reward import reward_model_from, sft_samples, train_reward
+    from llmbook.align.reward import reward_data, reward_model_from, sft_samples, train_reward
 
     parent = _parent_model(recipe, device, progress, root)
     cfg = recipe.train_config
     started = time.perf_counter()
     chat = ChatFormat(parent.tokenizer)
-    sampler = sft_samples(parent.model, chat, temperature=cfg.sample_temperature, seed=cfg.seed)
+
+    def sampler(seed: int):
+        return sft_samples(
+            parent.model,
+            chat,
+            temperature=cfg.sample_temperature,
+            seed=seed,
+            limit=cfg.sample_examples,
+        )
+
+    t0 = time.perf_counter()
+    n_train = cfg.max_steps * cfg.batch_size
+    pairs = reward_data(cfg, n_train, split="train", seed=cfg.seed, samples_for=sampler(cfg.seed))
+    val_pairs = reward_data(
+        cfg, cfg.eval_pairs, split="val", seed=cfg.seed + 1, samples_for=sampler(cfg.seed + 1)
+    )
+    data_seconds = time.perf_counter() - t0
     model = reward_model_from(parent.model, cfg)
-    history = train_reward(model, chat, cfg, samples_for=sampler, progress=progress)
+    history = train_reward(model, chat, cfg, pairs=pairs, val_pairs=val_pairs, progress=progress)
+    history.data_seconds = data_seconds
     meta = {
         "recipe": recipe.to_dict(),
         "key": recipe.key,
