@@ -267,7 +267,7 @@ def _cmd_train(args) -> int:
             "key": zoo.recipe.key,
             "checkpoint": str(zoo.path),
             "trained_now": zoo.trained_now,
-            "val_loss": m["val_loss"],
+            "val_loss": m.get("val_loss"),  # a reward model has none: its number is val_accuracy
             "train_seconds": m["train_seconds"],
             "tokens_per_second": m.get("tokens_per_second"),
             **({"val_accuracy": m["val_accuracy"]} if "val_accuracy" in m else {}),

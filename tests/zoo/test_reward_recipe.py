@@ -270,6 +270,14 @@ def test_a_reward_checkpoint_without_its_reward_entry_is_not_served_as_a_gpt(rew
     assert again.trained_now and isinstance(again.model, RewardModel)
 
 
+def test_cli_train_of_a_reward_model_ends_with_json(reward_zoo, capsys):
+    # `make zoo` reads this line for every book recipe: a reward model has an accuracy, no loss.
+    status, summary, err = run(["train", "--recipe", "toy-reward", "--if-missing"], capsys)
+    assert status == 0, err
+    assert summary["command"] == "train" and summary["val_loss"] is None
+    assert 0.0 <= summary["val_accuracy"] <= 1.0
+
+
 def test_cli_eval_of_a_reward_model_ends_with_json(reward_zoo, capsys):
     argv = ["eval", "--recipe", "toy-reward", "--profile", "cpu", "--pairs", "10", "--seed", "1"]
     status, summary, err = run(argv, capsys)
