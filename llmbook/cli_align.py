@@ -81,12 +81,14 @@ def eval_reward(args, recipe) -> dict:
     )
     fmt = ChatFormat(zoo.tokenizer)
     cfg = zoo.recipe.train_config
+    # Model samples for the same share of examples as in training, so the mix of kinds matches.
+    share = cfg.sample_examples / (cfg.max_steps * cfg.batch_size)
     sampler = sft_samples(
         parent.model,
         fmt,
         temperature=cfg.sample_temperature,
         seed=args.seed,
-        limit=cfg.sample_examples,
+        limit=min(cfg.sample_examples, round(args.pairs * share)),
     )
     pairs = reward_data(cfg, args.pairs, split=args.split, seed=args.seed, samples_for=sampler)
     chosen, rejected = pair_rewards(zoo.model, fmt, pairs)
