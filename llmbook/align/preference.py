@@ -38,7 +38,8 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from llmbook.tasks import Example, generate_examples, verify
+from llmbook.tasks import generate_examples, verify
+from llmbook.tasks.base import Example
 
 REJECTION_KINDS = (
     "off_by_one",
@@ -51,6 +52,9 @@ REJECTION_KINDS = (
     "sample",
 )
 """How a rejected answer is made (see the module docstring)."""
+
+CONSTRUCTED_KINDS = tuple(k for k in REJECTION_KINDS if k != "sample")
+"""The rejection kinds :func:`corrupt` makes from the gold answer alone (no model needed)."""
 
 RELATIONS = ("shorter", "equal", "longer")
 """The length of the rejected answer relative to the chosen one."""
@@ -200,7 +204,7 @@ def build_pairs(
     seed: int,
     length_bias: float = 0.5,
     equal_share: float = 0.3,
-    kinds: Sequence[str] = tuple(k for k in REJECTION_KINDS if k != "sample"),
+    kinds: Sequence[str] = CONSTRUCTED_KINDS,
     samples: Sequence[Sequence[str]] | None = None,
 ) -> list[PreferencePair]:
     """Turn examples into verifier-checked preference pairs with a chosen length relation.
@@ -284,7 +288,7 @@ def preference_data(
     tasks: Sequence[str] | Mapping[str, float] = PREFERENCE_TASKS,
     length_bias: float = 0.5,
     equal_share: float = 0.3,
-    kinds: Sequence[str] = tuple(k for k in REJECTION_KINDS if k != "sample"),
+    kinds: Sequence[str] = CONSTRUCTED_KINDS,
     samples_for=None,
 ) -> list[PreferencePair]:
     """About ``n`` preference pairs of one split: examples drawn, then :func:`build_pairs`.

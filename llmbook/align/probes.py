@@ -24,7 +24,8 @@ from llmbook.align.chat import ChatFormat
 from llmbook.align.preference import PreferencePair, corrupt
 from llmbook.align.reward import pair_rewards
 from llmbook.align.reward_model import RewardModel
-from llmbook.tasks import Example, generate_examples, get_task, verify
+from llmbook.tasks import generate_examples, get_task, verify
+from llmbook.tasks.base import Example
 
 
 def calibration(
