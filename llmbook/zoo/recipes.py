@@ -199,29 +199,19 @@ def resolve(
     overrides = recipe.profiles.get(profile, {})
     model = {**copy.deepcopy(recipe.model), **overrides.get("model", {})}
     train = {**copy.deepcopy(recipe.train), **overrides.get("train", {})}
-    if recipe.kind == "reward":
-        # A reward model is the parent's backbone and a head: same model config, the parent's key.
-        if recipe.tokenizer != RECIPES[recipe.parent].tokenizer:
+    if recipe.kind in FINE_TUNED:
+        # The fine-tuned model is the parent's, with the fields the recipe changes (vocabulary,
+        # context; a reward model changes none: it adds a head); its key covers the parent's, hence
+        # the parent's corpus and code.
+        if recipe.kind == "reward" and recipe.tokenizer != RECIPES[recipe.parent].tokenizer:
             raise ValueError("tokenizer: a reward recipe uses its parent's tokenizer; copy it")
         parent = resolve(recipe.parent, profile, corpus=corpus)
+        config_class = RewardConfig if recipe.kind == "reward" else SFTConfig
         return ResolvedRecipe(
             recipe=recipe,
             profile=profile,
             model_config=ModelConfig.from_dict({**parent.model_config.to_dict(), **model}),
-            train_config=RewardConfig.from_dict(train),
-            corpus_sha256=parent.corpus_sha256,
-            corpus_fallback=parent.corpus_fallback,
-            parent=parent,
-        )
-    if recipe.kind == "sft":
-        # The fine-tuned model is the parent's, with the fields the recipe changes (vocabulary,
-        # context); its key covers the parent's, hence the parent's corpus and code.
-        parent = resolve(recipe.parent, profile, corpus=corpus)
-        return ResolvedRecipe(
-            recipe=recipe,
-            profile=profile,
-            model_config=ModelConfig.from_dict({**parent.model_config.to_dict(), **model}),
-            train_config=SFTConfig.from_dict(train),
+            train_config=config_class.from_dict(train),
             corpus_sha256=parent.corpus_sha256,
             corpus_fallback=parent.corpus_fallback,
             parent=parent,
