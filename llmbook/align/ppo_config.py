@@ -1,0 +1,176 @@
+"""The settings of a PPO run (Part 8), validated field by field."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from llmbook.align.kl import KL_ESTIMATORS
+from llmbook.align.policy import CRITICS
+from llmbook.align.reward_signal import SCORE_NORMS
+from llmbook.model.config import check_field_values, config_from_dict
+from llmbook.tasks import TASKS
+from llmbook.train.optim import check_optimizer_fields
+
+PPO_PROMPTS = {"add": [1], "sub": [1], "compare": [1], "count": [3, 4, 5, 6], "reverse": [3]}
+"""The default prompt cells: task to difficulty levels where the SFT model is right sometimes but
+not reliably (greedy 15-60 %; among 8 samples one is right 70-97 % of the time), so reinforcement
+has something to reinforce (Part 8.4 measures it)."""
+
+
+@dataclass(kw_only=True)
+class PPOConfig:
+    """How to run PPO: the prompts, the reward, the KL control, the updates, the evaluation.
+
+    Every field is checked on construction; a bad value raises a :class:`ValueError` whose message
+    starts with the field name (NaN and infinity included).
+
+    Introduced in {doc}`/book/part8/04-the-loop`.
+    """
+
+    prompts: dict = field(default_factory=lambda: {k: list(v) for k, v in PPO_PROMPTS.items()})
+    """Task name to the difficulty levels its prompts are drawn at (every cell equally often)."""
+    iterations: int = 100
+    """Rollout batches: sample, score, then update."""
+    batch_size: int = 64
+    """Prompts (one completion each) per rollout batch."""
+    ppo_epochs: int = 2
+    """Passes over each rollout batch."""
+    minibatch_size: int = 32
+    """Completions per optimizer step (divides ``batch_size``)."""
+    lr: float = 2e-5
+    """Learning rate of the policy (constant after warmup)."""
+    value_lr: float = 1e-3
+    """Learning rate of the value head (and of a separate critic's trunk)."""
+    warmup_steps: int = 5
+    """Optimizer steps of linear warmup."""
+    min_lr: float = 0.0
+    """Unused by the constant schedule; kept so the shared optimizer checks apply."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay on matrices."""
+    beta1: float = 0.9
+    """Adam's first-moment decay."""
+    beta2: float = 0.95
+    """Adam's second-moment decay."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value; 0 turns clipping off."""
+    clip: float = 0.2
+    """PPO's ratio clip $\\epsilon$."""
+    value_clip: float = 0.2
+    """The value-clipping range (around the rollout's values)."""
+    value_coef: float = 0.1
+    """Weight of the value loss in the total loss."""
+    entropy_coef: float = 0.0
+    """Weight of the entropy bonus."""
+    gamma: float = 1.0
+    """Discount; 1 for episodes this short."""
+    lam: float = 0.95
+    """GAE's $\\lambda$."""
+    beta: float = 0.05
+    """The KL coefficient (the start value when ``kl_target`` is set)."""
+    kl_target: float | None = None
+    """Target KL per sequence for the adaptive controller; None keeps ``beta`` fixed."""
+    kl_horizon: float = 10000.0
+    """The adaptive controller's horizon, in sequences."""
+    kl_estimator: str = "k1"
+    """The per-token KL estimator folded into the rewards (see :mod:`llmbook.align.kl`)."""
+    stop_kl: float | None = None
+    """Stop a batch's epochs early once the minibatch approx-KL exceeds this (None: never)."""
+    rm_weight: float = 1.0
+    """Weight of the reward model's score."""
+    verifier_weight: float = 0.0
+    """Weight of the task verifier's 0/1 reward (mixed in when > 0)."""
+    missing_end_penalty: float = 1.0
+    """Subtracted from the score of a completion that did not finish."""
+    score_norm: str = "running"
+    """How scores are normalised: one of :data:`~llmbook.align.reward_signal.SCORE_NORMS`."""
+    whiten_advantages: bool = True
+    """Whiten the advantages over each rollout batch."""
+    critic: str = "shared"
+    """Where the value function lives: one of :data:`~llmbook.align.policy.CRITICS`."""
+    temperature: float = 1.0
+    """Sampling temperature of the rollouts."""
+    max_new_tokens: int | None = None
+    """Generation budget per completion (None: the longest gold answer, its end and 4 more)."""
+    eval_interval: int = 10
+    """Evaluate on held-out prompts every this many iterations (0: at the start and end only)."""
+    eval_examples: int = 200
+    """Held-out prompts (validation split) per evaluation, spread evenly over the cells."""
+    checkpoint_interval: int = 0
+    """Save a resumable checkpoint every this many iterations (0: never)."""
+    seed: int = 0
+    """Seed of the prompts, the sampling and the minibatch order."""
+
+    def __post_init__(self) -> None:
+        check_field_values(type(self), {f.name: getattr(self, f.name) for f in fields(self)})
+        if not isinstance(self.prompts, dict) or not self.prompts:
+            raise ValueError(
+                f"prompts: must be a non-empty dict of task levels, got {self.prompts!r}"
+            )
+        for name, levels in self.prompts.items():
+            if name not in TASKS:
+                raise ValueError(f"prompts: unknown task {name!r}; known: {sorted(TASKS)}")
+            if not isinstance(levels, list) or not levels:
+                raise ValueError(f"prompts: the levels of {name!r} must be a non-empty list")
+            for level in levels:
+                try:
+                    TASKS[name].check_difficulty(level)
+                except ValueError as err:
+                    raise ValueError(f"prompts: {err}") from None
+        for name in ("iterations", "batch_size", "ppo_epochs", "minibatch_size", "eval_examples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be a positive integer, got {getattr(self, name)}")
+        if self.batch_size % self.minibatch_size:
+            raise ValueError(
+                f"minibatch_size: must divide batch_size ({self.batch_size}), got "
+                f"{self.minibatch_size}"
+            )
+        for name in ("warmup_steps", "eval_interval", "checkpoint_interval", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        check_optimizer_fields(self)
+        if not self.value_lr > 0:
+            raise ValueError(f"value_lr: must be positive, got {self.value_lr!r}")
+        for name in ("clip", "value_clip", "temperature", "kl_horizon"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}: must be > 0, got {getattr(self, name)!r}")
+        for name in ("value_coef", "entropy_coef", "beta", "rm_weight", "verifier_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)!r}")
+        if self.missing_end_penalty < 0:
+            raise ValueError(f"missing_end_penalty: must be >= 0, got {self.missing_end_penalty!r}")
+        if self.rm_weight == 0 and self.verifier_weight == 0:
+            raise ValueError("rm_weight: with verifier_weight 0 there is no reward; set one > 0")
+        for name in ("gamma", "lam"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}: must be in [0, 1], got {getattr(self, name)!r}")
+        for name in ("kl_target", "stop_kl"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name}: must be > 0 or None, got {value!r}")
+        if self.kl_target is not None and self.beta == 0:
+            raise ValueError("beta: the adaptive controller scales beta; it must start > 0")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens: must be >= 1 or None, got {self.max_new_tokens}")
+        for name, allowed in (
+            ("kl_estimator", KL_ESTIMATORS),
+            ("score_norm", SCORE_NORMS),
+            ("critic", CRITICS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}: must be one of {allowed}, got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict:
+        """The config as a JSON-serialisable dict.
+
+        :returns: field name to value.
+        """
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PPOConfig:
+        """Build a config from a dict; unknown keys and wrong types raise naming the field.
+
+        :param data: field name to value.
+        :returns: the config.
+        """
+        return config_from_dict(cls, data)
