@@ -271,7 +271,9 @@ def _cmd_train(args) -> int:
             "train_seconds": m["train_seconds"],
             "tokens_per_second": m.get("tokens_per_second"),
             **({"val_accuracy": m["val_accuracy"]} if "val_accuracy" in m else {}),
-            "steps": zoo.recipe.train_config.max_steps,
+            # PPO counts rollout iterations; every other kind optimizer steps.
+            "steps": getattr(zoo.recipe.train_config, "max_steps", None)
+            or zoo.recipe.train_config.iterations,
             **_provenance(zoo),
             "wall_seconds": time.perf_counter() - started,
             "processes": info.world_size,
@@ -288,7 +290,7 @@ def _cmd_sample(args) -> int:
 
     recipe = _resolve(args.recipe, args.profile)
     _check_environment(recipe, will_train=False)
-    if recipe.recipe.kind == "sft":
+    if recipe.recipe.kind in ("sft", "ppo"):
         raise UsageError(f"--recipe: {args.recipe!r} is a chat model; use `llmbook chat`")
     if recipe.recipe.kind == "reward":
         raise UsageError(f"--recipe: {args.recipe!r} is a reward model; use `llmbook eval`")
@@ -400,7 +402,7 @@ def _cmd_chat(args) -> int:
     from llmbook.cli_align import chat
 
     recipe = _resolve(args.recipe, args.profile)
-    if recipe.recipe.kind != "sft":
+    if recipe.recipe.kind not in ("sft", "ppo"):
         raise UsageError(f"--recipe: {args.recipe!r} has no chat format; use `llmbook sample`")
     _check_environment(recipe, will_train=False)
     _emit(chat(args))

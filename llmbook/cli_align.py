@@ -37,7 +37,7 @@ def eval_tasks(args, recipe, usage_error: type[Exception]) -> dict:
     from llmbook.zoo import load_or_train
 
     names = _task_names(args.tasks, usage_error)
-    if recipe.recipe.kind != "sft":
+    if recipe.recipe.kind not in ("sft", "ppo"):
         raise usage_error(f"--tasks: {args.recipe!r} is not a fine-tuned (chat) model")
     zoo = load_or_train(args.recipe, args.profile, device=args.device, progress=True)
     examples = task_examples(

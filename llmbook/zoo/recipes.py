@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from llmbook.align.ppo_config import PPOConfig
 from llmbook.align.reward import RewardConfig
 from llmbook.align.sft import SFTConfig
 from llmbook.data.corpora import CORPORA, Corpus, sha256_of
@@ -18,11 +19,12 @@ from llmbook.train.loop import TrainConfig
 from llmbook.zoo.key import source_digest, torch_minor
 
 PROFILES = ("cpu", "gpu")
-KINDS = ("lm", "sft", "reward")
-"""Recipe kinds: pretraining on a corpus, supervised fine-tuning of a parent recipe's model, or a
-reward model trained on preference pairs from a parent (fine-tuned) model."""
+KINDS = ("lm", "sft", "reward", "ppo")
+"""Recipe kinds: pretraining on a corpus, supervised fine-tuning of a parent recipe's model, a
+reward model trained on preference pairs from a parent (fine-tuned) model, or a parent policy
+trained with PPO against a reward recipe's model."""
 
-FINE_TUNED = ("sft", "reward")
+FINE_TUNED = ("sft", "reward", "ppo")
 """The kinds that start from a parent recipe's model."""
 
 
@@ -59,9 +61,14 @@ class Recipe:
     where ``train`` holds :class:`~llmbook.align.sft.SFTConfig` fields; ``"reward"``: a reward model
     on the ``parent``'s model, trained on preference pairs with
     :func:`llmbook.align.reward.train_reward` (Part 7), where ``train`` holds
-    :class:`~llmbook.align.reward.RewardConfig` fields."""
+    :class:`~llmbook.align.reward.RewardConfig` fields; ``"ppo"``: the ``parent``'s model trained
+    with :func:`llmbook.align.ppo.train_ppo` against ``reward_model``'s model (Part 8), where
+    ``train`` holds :class:`~llmbook.align.ppo_config.PPOConfig` fields."""
     parent: str | None = None
     """For a fine-tuning recipe, the recipe whose model it starts from (its key enters this one's)."""
+    reward_model: str | None = None
+    """For a ``"ppo"`` recipe, the reward recipe whose model scores the rollouts (its key enters
+    this one's)."""
     book: bool = True
     """Whether chapters load this model. ``make zoo`` (run before the book and the tests) trains
     these only (see :func:`book_recipes`); a recipe for benchmarks alone is trained by its benchmark."""
@@ -80,9 +87,10 @@ class ResolvedRecipe:
     """``"cpu"`` or ``"gpu"``."""
     model_config: ModelConfig
     """The model config."""
-    train_config: TrainConfig | SFTConfig | RewardConfig
+    train_config: TrainConfig | SFTConfig | RewardConfig | PPOConfig
     """The training config (an :class:`~llmbook.align.sft.SFTConfig` for a fine-tuning recipe, a
-    :class:`~llmbook.align.reward.RewardConfig` for a reward model)."""
+    :class:`~llmbook.align.reward.RewardConfig` for a reward model, a
+    :class:`~llmbook.align.ppo_config.PPOConfig` for PPO)."""
     corpus_sha256: str
     """sha256 of the corpus text trained on: the registry's checksum of the real corpus unless
     :func:`resolve` was given the corpus actually loaded."""
@@ -90,6 +98,8 @@ class ResolvedRecipe:
     """True when that corpus is the offline fallback (see :func:`llmbook.data.corpora.load_corpus`)."""
     parent: ResolvedRecipe | None = None
     """For a fine-tuning recipe, the resolved recipe of the model it starts from."""
+    reward_model: ResolvedRecipe | None = None
+    """For a ``"ppo"`` recipe, the resolved reward recipe."""
 
     def to_dict(self) -> dict:
         """Everything that determines the trained weights, as JSON-friendly data.
@@ -112,6 +122,7 @@ class ResolvedRecipe:
             "torch": torch_minor(),
             "kind": self.recipe.kind,
             "parent_key": None if self.parent is None else self.parent.key,
+            "reward_model_key": None if self.reward_model is None else self.reward_model.key,
         }
 
     @property
@@ -155,6 +166,14 @@ def register(recipe: Recipe) -> Recipe:
         # A reward model reads its parent's (chat) ids; a checkpoint stores that tokenizer, so a
         # recipe naming another would never match its own checkpoint and retrain on every load.
         raise ValueError("tokenizer: a reward recipe uses its parent's tokenizer; copy it")
+    if (recipe.kind == "ppo") != (recipe.reward_model is not None):
+        raise ValueError("reward_model: a ppo recipe names one, other kinds none")
+    if recipe.kind == "ppo":
+        rm = RECIPES.get(recipe.reward_model)
+        if rm is None or rm.kind != "reward":
+            raise ValueError(f"reward_model: {recipe.reward_model!r} is not a registered reward recipe")
+        if recipe.tokenizer != RECIPES[recipe.parent].tokenizer or rm.tokenizer != recipe.tokenizer:
+            raise ValueError("tokenizer: a ppo recipe, its parent and its reward model share one")
     RECIPES[recipe.name] = recipe
     return recipe
 
@@ -206,7 +225,10 @@ def resolve(
         if recipe.kind == "reward" and recipe.tokenizer != RECIPES[recipe.parent].tokenizer:
             raise ValueError("tokenizer: a reward recipe uses its parent's tokenizer; copy it")
         parent = resolve(recipe.parent, profile, corpus=corpus)
-        config_class = RewardConfig if recipe.kind == "reward" else SFTConfig
+        config_class = {"reward": RewardConfig, "sft": SFTConfig, "ppo": PPOConfig}[recipe.kind]
+        reward_model = None
+        if recipe.kind == "ppo":
+            reward_model = resolve(recipe.reward_model, profile, corpus=corpus)
         return ResolvedRecipe(
             recipe=recipe,
             profile=profile,
@@ -215,6 +237,7 @@ def resolve(
             corpus_sha256=parent.corpus_sha256,
             corpus_fallback=parent.corpus_fallback,
             parent=parent,
+            reward_model=reward_model,
         )
     if corpus is not None:
         sha, fallback = sha256_of(corpus.text.encode("utf-8")), corpus.origin == "fallback"

@@ -215,6 +215,8 @@ def _train(
         return _fine_tune(recipe, device, progress, root)
     if recipe.recipe.kind == "reward":
         return _train_reward_model(recipe, device, progress, root)
+    if recipe.recipe.kind == "ppo":
+        return _train_ppo_policy(recipe, device, progress, partial, root)
     tokenizer = tokenizer_from_dict(recipe.recipe.tokenizer)
     ids = torch.tensor(tokenizer.encode(corpus.text), dtype=torch.long)
     train_ids, val_ids = train_val_split(ids, recipe.recipe.train_fraction)
@@ -361,6 +363,60 @@ def _train_reward_model(
         "history": history.to_dict(),
     }
     return model.eval(), chat.tokenizer, meta
+
+
+def _train_ppo_policy(
+    recipe: ResolvedRecipe, device: torch.device, progress: bool, partial: Path | None, root
+):
+    # Part 8: the parent (SFT) policy trained with PPO against the reward recipe's model; the
+    # checkpoint keeps the policy alone (the value head is a training device, not part of it).
+    # Interrupted runs resume from <directory>.partial like pretraining.
+    from llmbook.align.chat import ChatFormat
+    from llmbook.align.policy import ActorCritic, reference_model
+    from llmbook.align.ppo import train_ppo
+
+    parent = _parent_model(recipe, device, progress, root)
+    rm = load_or_train(
+        recipe.reward_model.recipe.name, recipe.profile, device=device, root=root, progress=progress
+    )
+    if rm.recipe.key != recipe.reward_model.key:
+        raise RuntimeError(
+            f"reward_model: expected key {recipe.reward_model.key}, got {rm.recipe.key}"
+        )
+    cfg = recipe.train_config
+    started = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    chat = ChatFormat(parent.tokenizer)
+    policy = parent.model
+    actor_critic = ActorCritic(policy, critic=cfg.critic, reward_model=rm.model).to(device)
+    reference = reference_model(policy)
+    history = train_ppo(
+        actor_critic, reference, rm.model, chat, cfg, checkpoint_dir=partial, progress=progress
+    )
+    accuracy = history.eval["accuracy"]
+    meta = {
+        "recipe": recipe.to_dict(),
+        "key": recipe.key,
+        "model": recipe.model_config.to_dict(),
+        "tokenizer": chat.tokenizer.to_dict(),
+        "corpus": dict(parent.meta.get("corpus", {})),
+        "parent": {"name": parent.recipe.recipe.name, "key": parent.recipe.key},
+        "reward_model": {"name": rm.recipe.recipe.name, "key": rm.recipe.key},
+        "metrics": {
+            "val_accuracy_start": accuracy[0],
+            "val_accuracy": accuracy[-1],
+            "val_rm_score_start": history.eval["rm_score"][0],
+            "val_rm_score": history.eval["rm_score"][-1],
+            "kl": history.train["kl"][-1],
+            "train_seconds": history.seconds,
+            "eval_seconds": history.eval_seconds,
+            "wall_seconds": time.perf_counter() - started,
+            "device": str(device),
+            "torch_threads": torch.get_num_threads(),
+        },
+        "history": history.to_dict(),
+    }
+    return policy.eval(), chat.tokenizer, meta
 
 
 def load_or_train(

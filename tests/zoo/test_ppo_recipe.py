@@ -1,0 +1,104 @@
+"""A PPO recipe in the zoo: parent -> SFT -> (reward) -> PPO, its key, reloading, the CLI, refusals."""
+
+import dataclasses
+
+import pytest
+
+from llmbook.align.ppo_config import PPOConfig
+from llmbook.model.gpt import GPT
+from llmbook.zoo import recipes
+from llmbook.zoo.recipes import Recipe, register, resolve
+from llmbook.zoo.registry import load_or_train
+from tests.test_cli import run
+from tests.zoo.test_reward_recipe import CHAT_SPECIALS, _register
+
+PPO_TRAIN = {
+    "prompts": {"add": [1], "reverse": [3]},
+    "iterations": 2,
+    "batch_size": 4,
+    "minibatch_size": 2,
+    "eval_examples": 4,
+    "eval_interval": 0,
+    "max_new_tokens": 4,
+}
+
+
+def _ppo_recipe(name="toy-ppo", reward_model="toy-reward", **train):
+    return Recipe(
+        name=name,
+        description="test PPO policy",
+        corpus="toy",
+        kind="ppo",
+        parent="toy-sft",
+        reward_model=reward_model,
+        tokenizer={"type": "byte", "specials": CHAT_SPECIALS},
+        train={**PPO_TRAIN, **train},
+    )
+
+
+@pytest.fixture
+def ppo_zoo(toy_zoo, monkeypatch):
+    _register(monkeypatch)
+    monkeypatch.setitem(recipes.RECIPES, "toy-ppo", _ppo_recipe())
+    return toy_zoo
+
+
+def test_a_ppo_recipe_trains_saves_and_reloads(ppo_zoo):
+    zoo = load_or_train("toy-ppo", "cpu", progress=False)
+    assert zoo.trained_now and isinstance(zoo.model, GPT)
+    meta = zoo.meta
+    assert meta["parent"]["name"] == "toy-sft" and meta["reward_model"]["name"] == "toy-reward"
+    assert 0.0 <= meta["metrics"]["val_accuracy"] <= 1.0
+    assert len(meta["history"]["iterations"]) == 2
+    again = load_or_train("toy-ppo", "cpu", progress=False)
+    assert not again.trained_now
+    for a, b in zip(zoo.model.parameters(), again.model.parameters()):
+        assert a.equal(b)
+    # The policy moved away from the SFT model it started from.
+    sft = load_or_train("toy-sft", "cpu", progress=False)
+    assert any(not a.equal(b) for a, b in zip(zoo.model.parameters(), sft.model.parameters()))
+
+
+def test_the_key_covers_the_reward_model_and_the_ppo_config(ppo_zoo, monkeypatch):
+    base = resolve("toy-ppo", "cpu")
+    assert isinstance(base.train_config, PPOConfig)
+    assert base.reward_model.recipe.name == "toy-reward"
+    monkeypatch.setitem(recipes.RECIPES, "toy-ppo", _ppo_recipe(reward_model="toy-reward-encoder"))
+    assert resolve("toy-ppo", "cpu").key != base.key
+    monkeypatch.setitem(recipes.RECIPES, "toy-ppo", _ppo_recipe(beta=0.2))
+    assert resolve("toy-ppo", "cpu").key != base.key
+    changed = dataclasses.replace(
+        recipes.RECIPES["toy-reward"], train={**recipes.RECIPES["toy-reward"].train, "max_steps": 4}
+    )
+    monkeypatch.setitem(recipes.RECIPES, "toy-reward", changed)
+    monkeypatch.setitem(recipes.RECIPES, "toy-ppo", _ppo_recipe())
+    assert resolve("toy-ppo", "cpu").key != base.key
+
+
+def test_register_checks_the_reward_model(ppo_zoo):
+    with pytest.raises(ValueError, match="reward_model"):
+        register(_ppo_recipe(name="toy-ppo-2", reward_model=None))
+    with pytest.raises(ValueError, match="reward_model"):
+        register(_ppo_recipe(name="toy-ppo-2", reward_model="toy-sft"))
+    with pytest.raises(ValueError, match="reward_model"):
+        register(
+            dataclasses.replace(
+                recipes.RECIPES["toy-sft"], name="toy-sft-2", reward_model="toy-reward"
+            )
+        )
+    with pytest.raises(ValueError, match="tokenizer"):
+        register(dataclasses.replace(_ppo_recipe(name="toy-ppo-2"), tokenizer={"type": "byte"}))
+
+
+def test_a_bad_ppo_config_is_named_on_resolve(ppo_zoo, monkeypatch):
+    monkeypatch.setitem(recipes.RECIPES, "toy-ppo", _ppo_recipe(iterations=0))
+    with pytest.raises(ValueError, match="iterations"):
+        resolve("toy-ppo", "cpu")
+
+
+def test_cli_train_of_a_ppo_policy_ends_with_json(ppo_zoo, capsys):
+    status, summary, err = run(["train", "--recipe", "toy-ppo", "--no-progress"], capsys)
+    assert status == 0, err
+    assert summary["steps"] == 2 and 0.0 <= summary["val_accuracy"] <= 1.0
+    status, summary, _ = run(["sample", "--recipe", "toy-ppo", "--prompt", "hi"], capsys)
+    assert status != 0 and "chat" in summary["error"]
