@@ -19,7 +19,8 @@ log-ratio $\ell = \log r$, $r = \pi_\text{ref}(x)/\pi(x)$. Three single-sample e
   added term $r - 1$ is a control variate: it is negatively correlated with $-\ell$ (both are first
   order in $r - 1$, with opposite signs), which cancels most of $k_1$'s noise when
   $\pi \approx \pi_\text{ref}$ and leaves $k_3 = \tfrac12 (r-1)^2 + O((r-1)^3)$.
-- $k_2 = \tfrac12 \ell^2$, **never negative** and low-variance but **biased**. Expanding in
+- $k_2 = \tfrac12 \ell^2$, **never negative** and, near $\pi_\text{ref}$, far less noisy than $k_1$, but **biased**
+  (far from it, its spread can exceed $k_1$'s: Part 8.3 measures both). Expanding in
   $u = r - 1$: $-\log r = -u + \tfrac12 u^2 - \tfrac13 u^3 + \dots$, and $\mathbb{E}_\pi[u] = 0$, so
   $\mathrm{KL} = \mathbb{E}_\pi[\tfrac12 u^2] + O(u^3)$, while
   $\tfrac12 (\log r)^2 = \tfrac12 u^2 - \tfrac12 u^3 + \dots$. The two agree to second order: $k_2$ is

@@ -61,6 +61,10 @@ class ActorCritic(nn.Module):
                 )
             self.critic = copy.deepcopy(reward_model.backbone)
             self.value_head = copy.deepcopy(reward_model.head)
+            # A copy keeps the flags of what it copies: a frozen reward model (train_ppo freezes
+            # the one it is given) would give a critic that silently never learns.
+            self.critic.requires_grad_(True)
+            self.value_head.requires_grad_(True)
         else:
             self.critic = None
             C = policy.config.n_embd

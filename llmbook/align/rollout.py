@@ -35,7 +35,7 @@ from llmbook.tasks.base import Example, verify
 class Rollout:
     """A batch of sampled completions and the per-token quantities PPO trains on.
 
-    Introduced in {doc}`/book/part8/04-the-loop`.
+    Introduced in {doc}`/book/part8/01-policy-and-value`.
     """
 
     examples: list[Example]
@@ -159,7 +159,7 @@ def rollout(
     :returns: a :class:`Rollout`.
     :raises ValueError: for no examples or a temperature that is not > 0.
 
-    Introduced in {doc}`/book/part8/04-the-loop`.
+    Introduced in {doc}`/book/part8/01-policy-and-value`.
     """
     examples = list(examples)
     if not examples:
@@ -226,7 +226,7 @@ def recompute_matches(
     :returns: the largest absolute difference between recomputed and sampled log-probabilities.
     :raises AssertionError: when it exceeds ``atol`` (the classic silent PPO bug: see the module).
 
-    Introduced in {doc}`/book/part8/04-the-loop`.
+    Introduced in {doc}`/book/part8/01-policy-and-value`.
     """
     was_training = actor_critic.training
     actor_critic.train()

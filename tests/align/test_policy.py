@@ -84,3 +84,10 @@ def test_reference_is_a_frozen_copy():
         for p in policy.parameters():
             p.add_(0.1)
     torch.testing.assert_close(ref(ids, attention_mask=mask).logits, before)
+
+
+def test_a_separate_critic_from_a_frozen_reward_model_still_learns():
+    rm = tiny_reward_model().requires_grad_(False)
+    ac = ActorCritic(tiny_gpt(0), critic="separate", reward_model=rm)
+    assert all(p.requires_grad for p in ac.value_parameters())
+    assert not any(p.requires_grad for p in rm.parameters())
