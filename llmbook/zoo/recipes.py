@@ -171,7 +171,9 @@ def register(recipe: Recipe) -> Recipe:
     if recipe.kind == "ppo":
         rm = RECIPES.get(recipe.reward_model)
         if rm is None or rm.kind != "reward":
-            raise ValueError(f"reward_model: {recipe.reward_model!r} is not a registered reward recipe")
+            raise ValueError(
+                f"reward_model: {recipe.reward_model!r} is not a registered reward recipe"
+            )
         if recipe.tokenizer != RECIPES[recipe.parent].tokenizer or rm.tokenizer != recipe.tokenizer:
             raise ValueError("tokenizer: a ppo recipe, its parent and its reward model share one")
     RECIPES[recipe.name] = recipe
