@@ -192,3 +192,45 @@ def test_sft_budget_script_refuses_a_bad_mixture_before_training(tasks, named):
         text=True,
     )
     assert result.returncode == 2 and named in result.stderr
+
+
+def _load_bench(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ppo_seeds_run_reports_gains_per_cell_and_the_kl():
+    from tests.align.ppo_fixtures import CHAT, tiny_config, tiny_gpt, tiny_reward_model
+
+    ppo_seeds = _load_bench("ppo_seeds")
+    sft, rm = tiny_gpt(0), tiny_reward_model()
+    before = [p.detach().clone() for p in sft.parameters()]
+    config = tiny_config(prompts={"add": [1], "count": [3]}, eval_examples=6)
+    result = ppo_seeds.run(sft, rm, CHAT, config)
+    # the SFT model itself is not trained: a copy is
+    assert all(p.equal(b) for p, b in zip(sft.parameters(), before))
+    assert result["eval_iterations"] == [0, config.iterations]
+    assert result["gain"] == round(result["accuracy"][-1] - result["accuracy"][0], 4)
+    assert len(result["kl"]) == config.iterations and result["kl_max"] >= result["kl_final"]
+    assert set(result["by_cell"]) == {"add 1", "count 3"}
+    assert sum(c["n"] for c in result["by_cell"].values()) == 6
+    # the per-cell start accuracies are the run's own first evaluation, split by cell
+    start = sum(c["start"] * c["n"] for c in result["by_cell"].values()) / 6
+    assert abs(start - result["accuracy"][0]) < 1e-3
+    summary = ppo_seeds.summarise(
+        [{**result, "preset": "recipe"}, {**result, "preset": "recipe", "seed": 1, "gain": 0.5}]
+    )
+    assert summary["recipe"]["seeds"] == [0, 1] and summary["recipe"]["gain_max"] == 0.5
+
+
+def test_ppo_seeds_script_refuses_a_negative_seed():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "ppo_seeds.py"), "--seeds", "-1"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "--seeds" in result.stderr

@@ -62,6 +62,8 @@ TRAIN_KEYS = (
     "length",
     "finished",
     "epochs",
+    "rollout_seconds",
+    "update_seconds",
 )
 """What :class:`PPOHistory` records for every iteration (the TensorBoard tags are ``ppo/<key>``)."""
 
@@ -79,8 +81,9 @@ class PPOHistory:
     """Per-iteration means over the rollout batch, keyed by :data:`TRAIN_KEYS`: the reward model's
     score, the verifier's reward, the normalised score, the KL per sequence (k1, summed over tokens),
     $\\beta$, the entropy per token, the last epoch's losses, clip fraction and approx-KL, the value
-    function's explained variance, the gradient norm, the completion length, the share finished and
-    the epochs run."""
+    function's explained variance, the gradient norm, the completion length, the share finished,
+    the epochs run, and the wall time of the rollout (sampling and the scoring passes) and of the
+    update epochs."""
     eval_iterations: list[int] = field(default_factory=list)
     """When held-out evaluations ran (the iteration's updates not yet applied: 0 is the start)."""
     eval: dict = field(default_factory=lambda: {"accuracy": [], "rm_score": [], "length": []})
@@ -324,6 +327,7 @@ def train_ppo(
             run_eval(it)
         t0 = time.perf_counter()
         examples = prompts_at(it)
+        t_rollout = time.perf_counter()
         batch = rollout(
             actor_critic,
             reference,
@@ -334,6 +338,7 @@ def train_ppo(
             temperature=config.temperature,
             generator=generator,
         )
+        t_rollout = time.perf_counter() - t_rollout
         if it == start:
             recompute_matches(actor_critic, batch, temperature=config.temperature)
         raw = sequence_scores(
@@ -359,9 +364,11 @@ def train_ppo(
         if config.whiten_advantages:
             advantages = masked_whiten(advantages, batch.mask)
         actor_critic.train()
+        t_update = time.perf_counter()
         metrics, epochs, step = _update(
             actor_critic, optimizer, batch, advantages, returns, config, generator, step
         )
+        t_update = time.perf_counter() - t_update
         k1 = (batch.logps - batch.ref_logps) * batch.mask
         kl_seq = float(k1.sum(dim=1).mean())
         row = {
@@ -380,6 +387,8 @@ def train_ppo(
             "length": float(batch.lengths.float().mean()),
             "finished": float(batch.finished.float().mean()),
             "epochs": epochs,
+            "rollout_seconds": t_rollout,
+            "update_seconds": t_update,
         }
         controller.update(kl_seq, len(examples))
         history.iterations.append(it)

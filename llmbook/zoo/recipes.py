@@ -521,3 +521,86 @@ for _name, _description, _train in (
             profiles=copy.deepcopy(REWARD_PROFILES),
         )
     )
+
+
+# Part 8: PPO from the SFT model. The verifier pays; the clean reward model of Part 7 scores every
+# evaluation, and its key is part of this one. Part 8.2 measured why it is not the reward here: on
+# the policy's own answers it ranks a right answer above a wrong one hardly better than a coin, and
+# Part 8.5 shows what weighting it in does (bench/ppo_seeds.py). The prompts are letter counts, the
+# task whose held-out accuracy follows its training accuracy (the 1-digit sums and comparisons of
+# PPO_PROMPTS have too few distinct problems: the SFT model memorised its training split). The gpu
+# profile turns off the dropout its bases train with: sampling and the update must agree.
+PPO_TRAIN = {
+    "prompts": {"count": [3, 4, 5, 6, 7, 8]},
+    "rm_weight": 0.0,
+    "verifier_weight": 1.0,
+    "lr": 1e-4,
+    "beta": 0.05,
+    "eval_interval": 25,
+    "eval_examples": 400,
+    "seed": 0,
+}
+"""The ``ppo`` recipe's settings (the rest are :class:`~llmbook.align.ppo_config.PPOConfig`'s defaults)."""
+
+register(
+    Recipe(
+        name="ppo",
+        description="Part 8: the SFT model trained with PPO on letter counts, paid by the verifier",
+        corpus="tinyshakespeare",
+        kind="ppo",
+        parent="sft",
+        reward_model="reward",
+        tokenizer=RECIPES["sft"].tokenizer,
+        train=dict(PPO_TRAIN),
+        profiles={
+            # About four minutes on two cores.
+            "cpu": {"train": {"iterations": 250, "batch_size": 64, "minibatch_size": 32}},
+            "gpu": {
+                "model": {"dropout": 0.0},
+                "train": {"iterations": 1000, "batch_size": 128, "minibatch_size": 64},
+            },
+        },
+    )
+)
+
+
+# Part 8.5: reward hacking, shown. PPO against the length-biased reward model of Part 7 on the
+# default prompt cells, at a learning rate that lets a short run (about 40 s each on two cores) go far,
+# then the same run with a ten times larger KL coefficient, and with the verifier mixed in.
+HACK_RUNS = {
+    "ppo-biased": ("PPO against the length-biased reward model (reward hacking)", {}),
+    "ppo-biased-kl": (
+        "the reward-hacking run with a ten times larger KL coefficient",
+        {"beta": 0.5},
+    ),
+    "ppo-biased-verifier": (
+        "the reward-hacking run with the verifier mixed into the reward",
+        {"verifier_weight": 2.0},
+    ),
+}
+"""The three reward-hacking recipes: name to description and changes to the shared settings."""
+
+for _name, (_description, _changes) in HACK_RUNS.items():
+    register(
+        Recipe(
+            name=_name,
+            description=f"Part 8.5: {_description}",
+            corpus="tinyshakespeare",
+            kind="ppo",
+            parent="sft",
+            reward_model="reward-biased",
+            tokenizer=RECIPES["sft"].tokenizer,
+            train={
+                "iterations": 60,
+                "batch_size": 32,
+                "minibatch_size": 16,
+                "lr": 3e-4,
+                "beta": 0.05,
+                "eval_interval": 10,
+                "eval_examples": 100,
+                "seed": 0,
+                **_changes,
+            },
+            profiles={"cpu": {}, "gpu": {"model": {"dropout": 0.0}}},
+        )
+    )

@@ -388,6 +388,12 @@ def _train_ppo_policy(
     torch.manual_seed(cfg.seed)
     chat = ChatFormat(parent.tokenizer)
     policy = parent.model
+    if policy.config != recipe.model_config:
+        # The recipe may change what has no weights (the gpu profile turns the base's dropout off:
+        # sampled and recomputed log-probabilities must agree); the weights carry over unchanged.
+        rebuilt = GPT(recipe.model_config).to(device)
+        rebuilt.load_state_dict(policy.state_dict())
+        policy = rebuilt
     actor_critic = ActorCritic(policy, critic=cfg.critic, reward_model=rm.model).to(device)
     reference = reference_model(policy)
     history = train_ppo(

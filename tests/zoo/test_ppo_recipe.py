@@ -102,3 +102,37 @@ def test_cli_train_of_a_ppo_policy_ends_with_json(ppo_zoo, capsys):
     assert summary["steps"] == 2 and 0.0 <= summary["val_accuracy"] <= 1.0
     status, summary, _ = run(["sample", "--recipe", "toy-ppo", "--prompt", "hi"], capsys)
     assert status != 0 and "chat" in summary["error"]
+
+
+def test_a_ppo_recipe_can_turn_the_parents_dropout_off(ppo_zoo, monkeypatch):
+    # A parent fine-tuned with dropout (as the gpu profile's are): sampling (eval mode) and the
+    # recomputed log-probabilities (train mode) disagree unless the PPO recipe turns dropout off.
+    base = recipes.RECIPES["toy-rope"]
+    base = dataclasses.replace(base, name="toy-rope-drop", model={**base.model, "dropout": 0.1})
+    monkeypatch.setitem(recipes.RECIPES, "toy-rope-drop", base)
+    dropped = dataclasses.replace(recipes.RECIPES["toy-sft"], name="toy-sft-drop", parent=base.name)
+    monkeypatch.setitem(recipes.RECIPES, "toy-sft-drop", dropped)
+    kept = dataclasses.replace(_ppo_recipe(name="toy-ppo-drop"), parent="toy-sft-drop")
+    monkeypatch.setitem(recipes.RECIPES, "toy-ppo-drop", kept)
+    with pytest.raises(AssertionError, match="dropout"):
+        load_or_train("toy-ppo-drop", "cpu", progress=False)
+    off = dataclasses.replace(kept, name="toy-ppo-off", model={"dropout": 0.0})
+    monkeypatch.setitem(recipes.RECIPES, "toy-ppo-off", off)
+    zoo = load_or_train("toy-ppo-off", "cpu", progress=False)
+    assert zoo.model.config.dropout == 0.0 and zoo.meta["model"]["dropout"] == 0.0
+    parent = load_or_train("toy-sft-drop", "cpu", progress=False)
+    assert parent.model.config.dropout == 0.1
+
+
+@pytest.mark.parametrize("profile", ["cpu", "gpu"])
+def test_the_book_ppo_recipe_resolves(profile):
+    r = resolve("ppo", profile)
+    assert r.recipe.kind == "ppo" and r.recipe.book
+    assert r.parent.recipe.name == "sft" and r.reward_model.recipe.name == "reward"
+    # the policy keeps the SFT model's weights and shapes; dropout is off in every profile
+    shapes = {k: v for k, v in r.parent.model_config.to_dict().items() if k != "dropout"}
+    assert {k: v for k, v in r.model_config.to_dict().items() if k != "dropout"} == shapes
+    assert r.model_config.dropout == 0.0
+    cfg = r.train_config
+    assert isinstance(cfg, PPOConfig) and cfg.verifier_weight > 0
+    assert r.recipe.tokenizer == r.parent.recipe.tokenizer == r.reward_model.recipe.tokenizer
