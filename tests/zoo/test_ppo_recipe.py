@@ -125,14 +125,35 @@ def test_a_ppo_recipe_can_turn_the_parents_dropout_off(ppo_zoo, monkeypatch):
 
 
 @pytest.mark.parametrize("profile", ["cpu", "gpu"])
-def test_the_book_ppo_recipe_resolves(profile):
-    r = resolve("ppo", profile)
+@pytest.mark.parametrize(
+    "name, reward_model",
+    [
+        ("ppo", "reward"),
+        ("ppo-biased", "reward-biased"),
+        ("ppo-biased-kl", "reward-biased"),
+        ("ppo-biased-verifier", "reward-biased"),
+    ],
+)
+def test_the_book_ppo_recipes_resolve(profile, name, reward_model):
+    r = resolve(name, profile)
     assert r.recipe.kind == "ppo" and r.recipe.book
-    assert r.parent.recipe.name == "sft" and r.reward_model.recipe.name == "reward"
+    assert r.parent.recipe.name == "sft" and r.reward_model.recipe.name == reward_model
     # the policy keeps the SFT model's weights and shapes; dropout is off in every profile
     shapes = {k: v for k, v in r.parent.model_config.to_dict().items() if k != "dropout"}
     assert {k: v for k, v in r.model_config.to_dict().items() if k != "dropout"} == shapes
     assert r.model_config.dropout == 0.0
     cfg = r.train_config
-    assert isinstance(cfg, PPOConfig) and cfg.verifier_weight > 0
+    assert isinstance(cfg, PPOConfig)
+    # the recipe of the target pays the verifier; the hacking runs the reward model
+    assert cfg.verifier_weight > 0 if name == "ppo" else cfg.rm_weight > 0
     assert r.recipe.tokenizer == r.parent.recipe.tokenizer == r.reward_model.recipe.tokenizer
+
+
+def test_the_reward_hacking_recipes_differ_only_where_they_say():
+    base = resolve("ppo-biased", "cpu").train_config.to_dict()
+    for name, changed in (
+        ("ppo-biased-kl", {"beta"}),
+        ("ppo-biased-verifier", {"verifier_weight"}),
+    ):
+        other = resolve(name, "cpu").train_config.to_dict()
+        assert {k for k in base if base[k] != other[k]} == changed
