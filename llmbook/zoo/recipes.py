@@ -553,7 +553,7 @@ register(
         tokenizer=RECIPES["sft"].tokenizer,
         train=dict(PPO_TRAIN),
         profiles={
-            # About four minutes on two cores.
+            # About three minutes on two cores (bench/ppo_seeds.py repeats it over seeds).
             "cpu": {"train": {"iterations": 250, "batch_size": 64, "minibatch_size": 32}},
             "gpu": {
                 "model": {"dropout": 0.0},
@@ -565,7 +565,7 @@ register(
 
 
 # Part 8.5: reward hacking, shown. PPO against the length-biased reward model of Part 7 on the
-# default prompt cells, at a learning rate that lets a short run (about 40 s each on two cores) go far,
+# default prompt cells, at a learning rate that lets a short run (under half a minute on two cores) go far,
 # then the same run with a ten times larger KL coefficient, and with the verifier mixed in.
 HACK_RUNS = {
     "ppo-biased": ("PPO against the length-biased reward model (reward hacking)", {}),
