@@ -172,19 +172,16 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(brief), flush=True)
     summary = {"threads": torch.get_num_threads(), "presets": summarise(results)}
     if args.out:
-        from llmbook.device import environment_report
+        from llmbook.benchmark import store_bench_results
 
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        stored = {
-            "command": "python bench/ppo_seeds.py " + " ".join(argv or sys.argv[1:]),
-            "machine": environment_report("cpu"),
+        record = {
             "recipe": {"name": "ppo", "profile": args.profile, "key": recipe.key},
             "config": recipe.train_config.to_dict(),
             "corpus": sft.corpus_origin,
             "results": results,
             **summary,
         }
-        args.out.write_text(json.dumps(stored, indent=1) + "\n")
+        store_bench_results(args.out, "ppo_seeds.py", argv or sys.argv[1:], record)
     print(json.dumps(summary))
     return 0
 

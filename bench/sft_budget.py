@@ -156,16 +156,13 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(results[-1]), flush=True)
         summary["runs"][name] = {"examples": result["examples"], **result["accuracy"]}
     if args.out:
-        from llmbook.device import environment_report
+        from llmbook.benchmark import store_bench_results
 
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        stored = {
-            "command": "python bench/sft_budget.py " + " ".join(argv or sys.argv[1:]),
-            "machine": environment_report("cpu"),
+        record = {
             "results": results,
             **summary,
         }
-        args.out.write_text(json.dumps(stored, indent=1) + "\n")
+        store_bench_results(args.out, "sft_budget.py", argv or sys.argv[1:], record)
     print(json.dumps(summary))
     return 0
 

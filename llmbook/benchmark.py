@@ -361,3 +361,26 @@ def bench_speedrun(target: float = 1.886, *, recipe: str = "shakespeare-speedrun
         "tokens_per_second": metrics["tokens_per_second"],
         "train_config": zoo.recipe.train_config.to_dict(),
     }
+
+
+def store_bench_results(path, script: str, argv: list[str], record: dict) -> None:
+    """Write a benchmark script's results, with its command line and the machine, as JSON.
+
+    :param path: the JSON file (its folder is created).
+    :param script: the script's file name under ``bench/``.
+    :param argv: the script's arguments.
+    :param record: what to store besides the command and the machine.
+    """
+    import json
+    from pathlib import Path
+
+    from llmbook.device import environment_report
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stored = {
+        "command": f"python bench/{script} " + " ".join(argv),
+        "machine": environment_report("cpu"),
+        **record,
+    }
+    path.write_text(json.dumps(stored, indent=1) + "\n")

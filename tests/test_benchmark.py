@@ -234,3 +234,13 @@ def test_ppo_seeds_script_refuses_a_negative_seed():
         text=True,
     )
     assert result.returncode == 2 and "--seeds" in result.stderr
+
+
+def test_store_bench_results_records_the_command_and_the_machine(tmp_path):
+    import json
+
+    path = tmp_path / "sub" / "r.json"
+    benchmark.store_bench_results(path, "x.py", ["--seeds", "1"], {"results": [1]})
+    stored = json.loads(path.read_text())
+    assert stored["command"] == "python bench/x.py --seeds 1" and stored["results"] == [1]
+    assert stored["machine"]["device"] == "cpu"
