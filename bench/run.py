@@ -55,13 +55,15 @@ STAGES = (
     "profile",
     "generation",
     "tokenizer",
+    "grpo",
     "compiled",
     "speedrun",
     "gpu",
     "book",
 )
-"""Every stage, in running order; ``--quick`` leaves out ``compiled``, ``speedrun`` and ``gpu``, and
-``gpu`` records why it was skipped when no CUDA device is present."""
+"""Every stage, in running order; ``--quick`` leaves out ``compiled``, ``speedrun`` and ``gpu``;
+``gpu`` records why it was skipped when no CUDA device is present, and ``grpo`` (against TRL, see
+``bench/grpo_trl.py``) when ``trl`` is not installed."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,6 +121,15 @@ def main(argv: list[str] | None = None) -> int:
         elif stage == "tokenizer":
             text = load_corpus("tinyshakespeare").text
             r = benchmark.bench_tokenizer(text, repeats=1 if quick else 3)
+        elif stage == "grpo":
+            import importlib.util
+
+            if importlib.util.find_spec("trl"):
+                from grpo_trl import bench_grpo  # bench/grpo_trl.py, next to this script
+
+                r = bench_grpo(quick=quick)
+            else:
+                r = {"skipped": "trl is not installed (pip install -e '.[test]')"}
         elif stage == "gpu":
             if torch.cuda.is_available():
                 r = benchmark.bench_gpu_mfu()

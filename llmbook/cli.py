@@ -271,7 +271,7 @@ def _cmd_train(args) -> int:
             "train_seconds": m["train_seconds"],
             "tokens_per_second": m.get("tokens_per_second"),
             **({"val_accuracy": m["val_accuracy"]} if "val_accuracy" in m else {}),
-            # PPO counts rollout iterations; every other kind optimizer steps.
+            # PPO and GRPO count rollout iterations; every other kind optimizer steps.
             "steps": getattr(zoo.recipe.train_config, "max_steps", None)
             or zoo.recipe.train_config.iterations,
             **_provenance(zoo),
@@ -287,10 +287,11 @@ def _cmd_sample(args) -> int:
 
     from llmbook.generate import generate
     from llmbook.zoo import load_or_train
+    from llmbook.zoo.recipes import CHAT_KINDS
 
     recipe = _resolve(args.recipe, args.profile)
     _check_environment(recipe, will_train=False)
-    if recipe.recipe.kind in ("sft", "ppo"):
+    if recipe.recipe.kind in CHAT_KINDS:
         raise UsageError(f"--recipe: {args.recipe!r} is a chat model; use `llmbook chat`")
     if recipe.recipe.kind == "reward":
         raise UsageError(f"--recipe: {args.recipe!r} is a reward model; use `llmbook eval`")
@@ -400,9 +401,10 @@ def _bos_id(recipe):
 
 def _cmd_chat(args) -> int:
     from llmbook.cli_align import chat
+    from llmbook.zoo.recipes import CHAT_KINDS
 
     recipe = _resolve(args.recipe, args.profile)
-    if recipe.recipe.kind not in ("sft", "ppo"):
+    if recipe.recipe.kind not in CHAT_KINDS:
         raise UsageError(f"--recipe: {args.recipe!r} has no chat format; use `llmbook sample`")
     _check_environment(recipe, will_train=False)
     _emit(chat(args))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from llmbook.align.chat import ChatFormat
+from llmbook.zoo.recipes import CHAT_KINDS
 
 
 def _task_names(text: str, usage_error: type[Exception]) -> list[str]:
@@ -37,7 +38,7 @@ def eval_tasks(args, recipe, usage_error: type[Exception]) -> dict:
     from llmbook.zoo import load_or_train
 
     names = _task_names(args.tasks, usage_error)
-    if recipe.recipe.kind not in ("sft", "ppo"):
+    if recipe.recipe.kind not in CHAT_KINDS:
         raise usage_error(f"--tasks: {args.recipe!r} is not a fine-tuned (chat) model")
     zoo = load_or_train(args.recipe, args.profile, device=args.device, progress=True)
     examples = task_examples(

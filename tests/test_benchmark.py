@@ -169,10 +169,20 @@ def test_sft_budget_run_reports_examples_seconds_and_the_target_accuracies():
     sft_budget = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sft_budget)
     torch.manual_seed(0)
-    base = GPT(ModelConfig(vocab_size=259, block_size=32, n_layer=1, n_head=2, n_embd=16, pos_embedding="rope"))
+    base = GPT(
+        ModelConfig(
+            vocab_size=259, block_size=32, n_layer=1, n_head=2, n_embd=16, pos_embedding="rope"
+        )
+    )
     model, chat = prepare_model(base, ByteTokenizer(), block_size=64)
     result = sft_budget.run(
-        model, chat, tasks={"add": 1, "count": 1}, difficulty={"add": [2]}, steps=2, batch_size=4, n_eval=3
+        model,
+        chat,
+        tasks={"add": 1, "count": 1},
+        difficulty={"add": [2]},
+        steps=2,
+        batch_size=4,
+        n_eval=3,
     )
     assert result["examples"] == 8 and result["train_seconds"] >= 0
     assert set(result["accuracy"]) == {"add 2", "count"}
@@ -244,3 +254,103 @@ def test_store_bench_results_records_the_command_and_the_machine(tmp_path):
     stored = json.loads(path.read_text())
     assert stored["command"] == "python bench/x.py --seeds 1" and stored["results"] == [1]
     assert stored["machine"]["device"] == "cpu"
+
+
+def test_grpo_benchmark_runs_both_sides_on_the_same_work():
+    # A tiny model and batch: both sides train for two GRPO steps and time the second.
+    grpo_trl = _load_bench("grpo_trl")
+    settings = dict(
+        model=dict(grpo_trl.MODEL, n_layer=1, n_head=2, n_kv_head=1, n_embd=32),
+        prompts={"count": [3]},
+        prompts_per_batch=2,
+        group_size=2,
+        max_new_tokens=4,
+        minibatch_size=2,
+        updates_per_batch=2,
+        warmup=1,
+        steps=1,
+        rounds=1,
+    )
+    torch.set_num_threads(1)
+    r = grpo_trl.compare(settings)
+    assert r["ratio"] == pytest.approx(
+        r["llmbook"]["steps_per_second"] / r["trl"]["steps_per_second"]
+    )
+    assert r["ratio_by_round"] == [pytest.approx(r["ratio"])]
+    for side in ("llmbook", "trl"):
+        s = r[side]
+        split = s["split_seconds_per_step"]
+        assert set(split) == {"generate", "score", "update"}
+        assert s["steps"] == 1 and s["seconds"] > 0
+        assert s["steps_per_second"] == pytest.approx(1 / s["seconds"])
+        assert split["generate"] > 0 and split["score"] > 0 and split["update"] > 0
+        assert sum(split.values()) == pytest.approx(s["seconds"])
+        # 2 groups of 2 completions in minibatches of 2, two passes: 4 optimizer steps; the model
+        # never ends a completion early, so each is exactly 4 tokens
+        assert s["optimizer_steps"] == 4
+        assert s["sampled_tokens"] == 2 * 2 * 4 and s["mean_completion_length"] == 4.0
+
+
+def test_grpo_benchmark_gives_trl_the_prompt_ids_llmbook_renders():
+    from llmbook.align.chat import ChatFormat, chat_tokenizer
+    from llmbook.tokenizer import ByteTokenizer
+
+    grpo_trl = _load_bench("grpo_trl")
+    chat = ChatFormat(chat_tokenizer(ByteTokenizer()))
+    hf = grpo_trl.hf_chat_tokenizer(chat)
+    for prompt in ("How many times does a occur in banana?", "héllo ∑ 🙂", ""):
+        ids = hf(text=[grpo_trl.prompt_text(prompt)])["input_ids"][0]
+        assert ids == chat.prompt_ids(prompt)
+    assert (hf.eos_token_id, hf.pad_token_id) == (chat.end_id, 258)
+    # what TRL decodes for the reward is what llmbook parses: the answer before <|end|>
+    answer = list(b"12") + [chat.end_id]
+    assert hf.decode(answer, skip_special_tokens=True) == chat.parse(answer).text == "12"
+
+
+def test_never_ends_makes_the_end_token_unreachable():
+    from llmbook.model.gpt import GPT
+
+    grpo_trl = _load_bench("grpo_trl")
+    torch.manual_seed(0)
+    model = grpo_trl.never_ends(GPT(benchmark.llama_style(vocab_size=262, n_layer=2)), 261)
+    x = torch.randint(0, 262, (4, 32))
+    logits = model(x).logits
+    # every position puts <|end|> far below every other id
+    assert (logits[..., 261] < logits[..., :261].amin(dim=-1) - 50).all()
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+def test_ppo_vs_grpo_run_reads_the_evaluation_at_the_budget(algorithm):
+    from tests.align.grpo_fixtures import tiny_grpo
+    from tests.align.ppo_fixtures import CHAT, tiny_config, tiny_gpt, tiny_reward_model
+
+    bench = _load_bench("ppo_vs_grpo")
+    sft = tiny_gpt(0)
+    before = [p.detach().clone() for p in sft.parameters()]
+    if algorithm == "ppo":  # 8 completions per iteration, evaluations at 0, 2, 4
+        config = tiny_config(iterations=4, eval_interval=2)
+        result = bench.run("ppo", config, sft, CHAT, reward_model=tiny_reward_model(), budget=16)
+    else:  # 16 completions per iteration
+        config = tiny_grpo(iterations=4, eval_interval=2)
+        result = bench.run("grpo", config, sft, CHAT, budget=32)
+    assert all(p.equal(b) for p, b in zip(sft.parameters(), before))
+    assert result["eval_iterations"] == [0, 2, 4]
+    assert result["budget"]["iteration"] == 2 and result["budget"]["completions"] in (16, 32)
+    assert result["budget"]["gain"] == round(result["accuracy"][1] - result["accuracy"][0], 4)
+    assert result["sampled_tokens"][0] == 0 < result["budget"]["sampled_tokens"]
+    assert result["sampled_tokens"][1] == result["budget"]["sampled_tokens"]
+    assert result["budget"]["seconds"] > 0 and result["state_mb"] > 0
+    assert result["peak_rss_mb"] > 0
+    with pytest.raises(ValueError, match="budget"):
+        bench.run(algorithm, config, sft, CHAT, reward_model=tiny_reward_model(), budget=24)
+    summary = bench.summarise([result, {**result, "seed": 1}])
+    assert summary[algorithm]["seeds"] == [0, 1]
+
+
+def test_ppo_vs_grpo_script_refuses_a_bad_budget():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "ppo_vs_grpo.py"), "--budget", "0"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "--budget" in result.stderr

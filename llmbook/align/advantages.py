@@ -100,3 +100,80 @@ def gae(
     advantages = torch.where(mask, advantages, zero)
     returns = torch.where(mask, advantages + v, zero)
     return advantages, returns
+
+
+GROUP_SCALINGS = ("group", "batch", "none")
+"""How :func:`group_advantages` divides the centred rewards: by each group's standard deviation
+(GRPO), by the whole batch's (as TRL's ``scale_rewards="batch"``), or not at all (Dr. GRPO)."""
+
+
+def _check_groups(rewards: torch.Tensor, group_size: int) -> int:
+    if rewards.dim() != 1 or not rewards.is_floating_point():
+        raise ValueError(
+            f"rewards: expected a float tensor (B,), got {rewards.dtype} {tuple(rewards.shape)}"
+        )
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size: expected a positive integer, got {group_size!r}")
+    if rewards.numel() % group_size:
+        raise ValueError(
+            f"group_size: {group_size} does not divide the {rewards.numel()} rewards "
+            "(each group's completions must be adjacent rows)"
+        )
+    if not bool(torch.isfinite(rewards).all()):
+        raise ValueError("rewards: expected finite values")
+    return rewards.numel() // group_size
+
+
+@torch.no_grad()
+def group_advantages(
+    rewards: torch.Tensor, group_size: int, *, scale: str = "group", eps: float = 1e-4
+) -> torch.Tensor:
+    r"""GRPO's group-relative advantages: each reward minus its group's mean, optionally scaled.
+
+    Rows ``g*k .. g*k + k - 1`` are the ``k = group_size`` completions of prompt ``g``. With
+    $\bar r_g$ the group mean and $s$ the (Bessel-corrected) standard deviation,
+    $\hat A_i = (r_i - \bar r_g)/(s + \varepsilon)$ for ``scale="group"`` ($s$ of the group),
+    ``"batch"`` ($s$ of all rewards) or $\hat A_i = r_i - \bar r_g$ for ``"none"``. A group whose
+    rewards are all equal (all right or all wrong) gets advantages of exactly 0: it carries no
+    learning signal. One value per completion; the loss broadcasts it to every token.
+
+    :param rewards: one scalar reward per completion ``(B,)``, groups in adjacent rows.
+    :param group_size: completions per prompt, ``k >= 1``, dividing B (a group of 1 has advantage 0).
+    :param scale: one of :data:`GROUP_SCALINGS`.
+    :param eps: added to the standard deviation (TRL's 1e-4), ``> 0``.
+    :returns: ``(B,)`` advantages in the rewards' dtype.
+    :raises ValueError: for a non-float or non-1-D ``rewards``, non-finite rewards, a ``group_size``
+        that does not divide B, an unknown ``scale`` or an ``eps`` that is not a finite number > 0.
+
+    Introduced in {doc}`/book/part9/02-advantages`.
+    """
+    G = _check_groups(rewards, group_size)
+    if scale not in GROUP_SCALINGS:
+        raise ValueError(f"scale: expected one of {GROUP_SCALINGS}, got {scale!r}")
+    eps = float(eps)
+    if not (0.0 < eps < float("inf")):
+        raise ValueError(f"eps: expected a finite number > 0, got {eps!r}")
+    grouped = rewards.view(G, group_size)  # (G, k)
+    centred = grouped - grouped.mean(dim=1, keepdim=True)  # (G, k)
+    if scale == "none":
+        return centred.reshape(-1)
+    if scale == "group":
+        std = grouped.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(grouped)
+    else:
+        std = rewards.std() if rewards.numel() > 1 else rewards.new_zeros(())
+    return (centred / (std + eps)).reshape(-1)
+
+
+def zero_variance_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Which groups have all-equal rewards (all right, all wrong): their advantages are all 0.
+
+    :param rewards: one reward per completion ``(B,)``, groups in adjacent rows.
+    :param group_size: completions per prompt, dividing B.
+    :returns: ``(B // group_size,)`` bool, True for a group with a single reward value.
+    :raises ValueError: as :func:`group_advantages`.
+
+    Introduced in {doc}`/book/part9/02-advantages`.
+    """
+    G = _check_groups(rewards, group_size)
+    grouped = rewards.view(G, group_size)
+    return (grouped == grouped[:, :1]).all(dim=1)

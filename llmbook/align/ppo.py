@@ -110,10 +110,11 @@ class PPOHistory:
         return cls(**{f.name: data[f.name] for f in fields(cls)})
 
 
-def ppo_examples(config: PPOConfig, n: int, *, split: str, seed: int) -> list[Example]:
+def ppo_examples(config, n: int, *, split: str, seed: int) -> list[Example]:
     """Draw ``n`` prompts from the config's cells (task, level), every cell equally often.
 
-    :param config: the :class:`~llmbook.align.ppo_config.PPOConfig`.
+    :param config: a :class:`~llmbook.align.ppo_config.PPOConfig` or
+        :class:`~llmbook.align.grpo_config.GRPOConfig` (its ``prompts`` are read).
     :param n: the number of examples.
     :param split: ``"train"``, ``"val"`` or ``"test"`` (disjoint by problem).
     :param seed: seed of the draw.
@@ -135,7 +136,7 @@ def ppo_examples(config: PPOConfig, n: int, *, split: str, seed: int) -> list[Ex
 @torch.no_grad()
 def evaluate_policy(
     policy: nn.Module,
-    reward_model: RewardModel,
+    reward_model: RewardModel | None,
     chat: ChatFormat,
     examples: Sequence[Example],
     *,
@@ -144,12 +145,12 @@ def evaluate_policy(
     """Greedy answers to held-out prompts, graded by the verifier and scored by the reward model.
 
     :param policy: the language model.
-    :param reward_model: the reward model.
+    :param reward_model: the reward model (None: no ``rm_score``).
     :param chat: the chat format.
     :param examples: the held-out examples.
     :param max_new_tokens: the generation budget.
-    :returns: ``accuracy`` (verifier), ``rm_score`` (mean reward-model score) and ``length`` (mean
-        answer length in tokens, ``<|end|>`` included).
+    :returns: ``accuracy`` (verifier), ``rm_score`` (mean reward-model score; absent without a
+        reward model) and ``length`` (mean answer length in tokens, ``<|end|>`` included).
 
     Introduced in {doc}`/book/part8/04-the-loop`.
     """
@@ -159,12 +160,14 @@ def evaluate_policy(
     ]
     texts = [a.text for a in answers]
     rewards = [verify(e, t) for e, t in zip(examples, texts)]
-    scores = score(reward_model, chat, [e.prompt for e in examples], texts)
-    return {
+    result = {
         "accuracy": sum(rewards) / len(rewards),
-        "rm_score": float(scores.mean()),
         "length": sum(a.n_tokens for a in answers) / len(answers),
     }
+    if reward_model is not None:
+        scores = score(reward_model, chat, [e.prompt for e in examples], texts)
+        result["rm_score"] = float(scores.mean())
+    return result
 
 
 def _optimizer(actor_critic: ActorCritic, config: PPOConfig) -> torch.optim.Optimizer:

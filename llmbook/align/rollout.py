@@ -18,8 +18,9 @@ a different temperature, positions shifted by the padding or a bf16 sampler are 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -215,11 +216,16 @@ def rollout(
 
 
 def recompute_matches(
-    actor_critic: ActorCritic, batch: Rollout, *, temperature: float = 1.0, atol: float = 1e-4
+    actor_critic: nn.Module,
+    batch: Rollout | GroupRollout,
+    *,
+    temperature: float = 1.0,
+    atol: float = 1e-4,
 ) -> float:
     """Recompute the sampled tokens' log-probabilities in training mode; return the largest gap.
 
-    :param actor_critic: the policy (unchanged since it sampled ``batch``).
+    :param actor_critic: the policy (unchanged since it sampled ``batch``): an
+        :class:`~llmbook.align.policy.ActorCritic` or a plain language model (GRPO).
     :param batch: the rollout.
     :param temperature: the sampling temperature.
     :param atol: the tolerance.
@@ -246,3 +252,168 @@ def recompute_matches(
             "dropout, temperature, positions or precision differ between sampling and training"
         )
     return gap
+
+
+@dataclass
+class GroupRollout:
+    """``k`` sampled completions for each of ``G`` prompts, in adjacent rows: what GRPO trains on.
+
+    Introduced in {doc}`/book/part9/01-group-baseline`.
+    """
+
+    examples: list[Example]
+    """One example per row (each prompt's example repeated ``group_size`` times)."""
+    group_size: int
+    """k: rows ``g*k .. g*k + k - 1`` answer prompt ``g``."""
+    sequences: torch.Tensor
+    """``(G*k, P + N)`` ids: the left-padded prompts, then the completions."""
+    attention_mask: torch.Tensor
+    """``(G*k, P + N)`` bool, True at real tokens."""
+    prompt_length: int
+    """P: completions start at this column."""
+    mask: torch.Tensor
+    """``(G*k, N)`` bool, True at the completion's tokens (up to and including ``<|end|>``)."""
+    logps: torch.Tensor
+    """``(G*k, N)`` log-probabilities of the sampled tokens under the sampling policy."""
+    ref_logps: torch.Tensor
+    """``(G*k, N)`` log-probabilities of the same tokens under the reference policy."""
+    verifier: torch.Tensor
+    """``(G*k,)`` 1.0 where the verifier accepts the answer, else 0.0."""
+    rm_scores: torch.Tensor | None
+    """``(G*k,)`` the reward model's scores, or None when no reward model scored."""
+    finished: torch.Tensor
+    """``(G*k,)`` bool, True where the completion ended with ``<|end|>``."""
+    texts: list[str]
+    """The parsed answers."""
+    timings: dict = field(default_factory=dict)
+    """Wall seconds of the ``"generate"`` and ``"score"`` (reference pass, verifier, reward model)
+    steps that produced the rollout."""
+
+    @property
+    def groups(self) -> int:
+        """G, the number of prompts."""
+        return self.sequences.size(0) // self.group_size
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """``(G*k,)`` completion lengths in tokens (``<|end|>`` included)."""
+        return self.mask.sum(dim=1)
+
+    def select_groups(self, groups: torch.Tensor | Sequence[int]) -> GroupRollout:
+        """The rows of the given groups, in the given order (each group's rows stay adjacent).
+
+        :param groups: group indices.
+        :returns: a new :class:`GroupRollout`.
+        """
+        k = self.group_size
+        groups = torch.as_tensor(groups, dtype=torch.long).reshape(-1)
+        rows = (groups[:, None] * k + torch.arange(k)[None, :]).reshape(-1)
+        idx = rows.tolist()
+        dev = self.sequences.device
+        return GroupRollout(
+            examples=[self.examples[i] for i in idx],
+            group_size=k,
+            sequences=self.sequences[rows.to(dev)],
+            attention_mask=self.attention_mask[rows.to(dev)],
+            prompt_length=self.prompt_length,
+            mask=self.mask[rows.to(dev)],
+            logps=self.logps[rows.to(dev)],
+            ref_logps=self.ref_logps[rows.to(dev)],
+            verifier=self.verifier[rows.to(dev)],
+            rm_scores=None if self.rm_scores is None else self.rm_scores[rows.to(dev)],
+            finished=self.finished[rows.to(dev)],
+            texts=[self.texts[i] for i in idx],
+            timings=dict(self.timings),
+        )
+
+
+@torch.no_grad()
+def sample_groups(
+    policy: nn.Module,
+    reference: nn.Module,
+    chat: ChatFormat,
+    examples: Sequence[Example],
+    *,
+    group_size: int,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    reward_model: RewardModel | None = None,
+) -> GroupRollout:
+    """Sample ``group_size`` completions per prompt in one batched, KV-cached generation, and score them.
+
+    Each prompt is repeated ``group_size`` times in adjacent rows, so one call of
+    :func:`~llmbook.generate.generate` samples every group; the rows then get the reference's
+    log-probabilities of the sampled tokens (one forward pass), the verifier's 0/1 reward and,
+    when a reward model is given, its score.
+
+    :param policy: the language model being trained (a :class:`~llmbook.model.gpt.GPT`).
+    :param reference: the frozen reference policy.
+    :param chat: the chat format.
+    :param examples: one example per prompt (with its gold answer).
+    :param group_size: completions per prompt, ``>= 1``.
+    :param max_new_tokens: the generation budget, ``<|end|>`` included.
+    :param temperature: the sampling temperature (> 0: a group of identical greedy answers
+        teaches nothing).
+    :param generator: random generator for reproducible samples.
+    :param reward_model: optional reward model to score every completion.
+    :returns: a :class:`GroupRollout`.
+    :raises ValueError: for no examples, a ``group_size`` below 1 or a temperature that is not > 0.
+
+    Introduced in {doc}`/book/part9/01-group-baseline`.
+    """
+    examples = list(examples)
+    if not examples:
+        raise ValueError("examples: need at least one example")
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size: expected a positive integer, got {group_size!r}")
+    if not float(temperature) > 0:
+        raise ValueError(
+            f"temperature: GRPO samples from its policy; need > 0, got {temperature!r}"
+        )
+    rows = [ex for ex in examples for _ in range(group_size)]
+    pad = pad_id_of(chat)
+    prompt_ids = [chat.prompt_ids(ex.prompt) for ex in examples]
+    t0 = time.perf_counter()
+    out = generate(  # in eval mode, restored afterwards
+        policy,
+        [ids for ids in prompt_ids for _ in range(group_size)],
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        eos_id=chat.end_id,
+        pad_id=pad,
+        generator=generator,
+    )
+    t1 = time.perf_counter()
+    device = next(policy.parameters()).device
+    sequences, attention = out.sequences.to(device), out.attention_mask.to(device)
+    P, mask = out.prompt_length, out.completion_mask.to(device)
+    tokens = sequences[:, P:]
+    ref_logits, _ = completion_logits(reference, sequences, attention, P)
+    ref_logps = token_logps(ref_logits, tokens, mask, temperature=temperature)
+    rm_scores = None
+    if reward_model is not None:
+        rm_was_training = reward_model.training
+        reward_model.eval()
+        try:
+            rm_scores = reward_model(sequences, attention).float()
+        finally:
+            reward_model.train(rm_was_training)
+    parsed = [chat.parse(row) for row in out.completions]
+    verifier = torch.tensor([float(verify(ex, p.text)) for ex, p in zip(rows, parsed)])
+    finished = torch.tensor([p.finished for p in parsed], dtype=torch.bool)
+    return GroupRollout(
+        examples=rows,
+        group_size=group_size,
+        sequences=sequences,
+        attention_mask=attention,
+        prompt_length=P,
+        mask=mask,
+        logps=out.logps.to(device),
+        ref_logps=ref_logps,
+        verifier=verifier.to(device),
+        rm_scores=rm_scores,
+        finished=finished.to(device),
+        texts=[p.text for p in parsed],
+        timings={"generate": t1 - t0, "score": time.perf_counter() - t1},
+    )

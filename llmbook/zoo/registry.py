@@ -217,6 +217,8 @@ def _train(
         return _train_reward_model(recipe, device, progress, root)
     if recipe.recipe.kind == "ppo":
         return _train_ppo_policy(recipe, device, progress, partial, root)
+    if recipe.recipe.kind == "grpo":
+        return _train_grpo_policy(recipe, device, progress, partial, root)
     tokenizer = tokenizer_from_dict(recipe.recipe.tokenizer)
     ids = torch.tensor(tokenizer.encode(corpus.text), dtype=torch.long)
     train_ids, val_ids = train_val_split(ids, recipe.recipe.train_fraction)
@@ -387,13 +389,7 @@ def _train_ppo_policy(
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
     chat = ChatFormat(parent.tokenizer)
-    policy = parent.model
-    if policy.config != recipe.model_config:
-        # The recipe may change what has no weights (the gpu profile turns the base's dropout off:
-        # sampled and recomputed log-probabilities must agree); the weights carry over unchanged.
-        rebuilt = GPT(recipe.model_config).to(device)
-        rebuilt.load_state_dict(policy.state_dict())
-        policy = rebuilt
+    policy = _policy_for(recipe, parent, device)
     actor_critic = ActorCritic(policy, critic=cfg.critic, reward_model=rm.model).to(device)
     reference = reference_model(policy)
     history = train_ppo(
@@ -414,6 +410,85 @@ def _train_ppo_policy(
             "val_rm_score_start": history.eval["rm_score"][0],
             "val_rm_score": history.eval["rm_score"][-1],
             "kl": history.train["kl"][-1],
+            "train_seconds": history.seconds,
+            "eval_seconds": history.eval_seconds,
+            "wall_seconds": time.perf_counter() - started,
+            "device": str(device),
+            "torch_threads": torch.get_num_threads(),
+        },
+        "history": history.to_dict(),
+    }
+    return policy.eval(), chat.tokenizer, meta
+
+
+def _policy_for(recipe: ResolvedRecipe, parent: ZooModel, device) -> GPT:
+    # The recipe may change what has no weights (the gpu profile turns the base's dropout off:
+    # sampled and recomputed log-probabilities must agree); the weights carry over unchanged.
+    policy = parent.model
+    if policy.config != recipe.model_config:
+        rebuilt = GPT(recipe.model_config).to(device)
+        rebuilt.load_state_dict(policy.state_dict())
+        policy = rebuilt
+    return policy
+
+
+def _train_grpo_policy(
+    recipe: ResolvedRecipe, device: torch.device, progress: bool, partial: Path | None, root
+):
+    # Part 9: the parent (SFT) policy trained with GRPO, paid by the verifier (and by a reward
+    # recipe's model when the recipe names one). No critic. Interrupted runs resume from
+    # <directory>.partial like pretraining.
+    from llmbook.align.chat import ChatFormat
+    from llmbook.align.grpo import train_grpo
+    from llmbook.align.policy import reference_model
+
+    parent = _parent_model(recipe, device, progress, root)
+    rm = None
+    if recipe.reward_model is not None:
+        rm = load_or_train(
+            recipe.reward_model.recipe.name,
+            recipe.profile,
+            device=device,
+            root=root,
+            progress=progress,
+        )
+        if rm.recipe.key != recipe.reward_model.key:
+            raise RuntimeError(
+                f"reward_model: expected key {recipe.reward_model.key}, got {rm.recipe.key}"
+            )
+    cfg = recipe.train_config
+    started = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    chat = ChatFormat(parent.tokenizer)
+    policy = _policy_for(recipe, parent, device)
+    reference = reference_model(policy)
+    history = train_grpo(
+        policy,
+        reference,
+        chat,
+        cfg,
+        reward_model=None if rm is None else rm.model,
+        checkpoint_dir=partial,
+        progress=progress,
+    )
+    accuracy = history.eval["accuracy"]
+    meta = {
+        "recipe": recipe.to_dict(),
+        "key": recipe.key,
+        "model": recipe.model_config.to_dict(),
+        "tokenizer": chat.tokenizer.to_dict(),
+        "corpus": dict(parent.meta.get("corpus", {})),
+        "parent": {"name": parent.recipe.recipe.name, "key": parent.recipe.key},
+        **(
+            {"reward_model": {"name": rm.recipe.recipe.name, "key": rm.recipe.key}}
+            if rm is not None
+            else {}
+        ),
+        "metrics": {
+            "val_accuracy_start": accuracy[0],
+            "val_accuracy": accuracy[-1],
+            "kl": history.train["kl"][-1],
+            "sampled_tokens": sum(history.train["sampled_tokens"]),
             "train_seconds": history.seconds,
             "eval_seconds": history.eval_seconds,
             "wall_seconds": time.perf_counter() - started,
