@@ -268,8 +268,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     plan = [(a, seed) for seed in args.seeds for a in args.algorithms]
     plan += [(a, args.seeds[0]) for a in args.extra]
+    # With --out, every finished run is appended to <out>.partial.jsonl with the recipe key it ran:
+    # an interrupted benchmark resumes, and a run of other code (another key) is not reused.
+    partial = args.out.with_name(args.out.name + ".partial.jsonl") if args.out else None
+    done_runs = {}
+    if partial is not None and partial.exists():
+        for line in partial.read_text().splitlines():
+            row = json.loads(line)
+            if row["key"] == keys.get(row["result"]["algorithm"]):
+                done_runs[row["result"]["algorithm"], row["result"]["seed"]] = row["result"]
     results = []
     for algorithm, seed in plan:
+        if (algorithm, seed) in done_runs:
+            results.append(done_runs[algorithm, seed])
+            print(json.dumps({"algorithm": algorithm, "seed": seed, "resumed": True}), flush=True)
+            continue
         job = {
             "algorithm": algorithm,
             "seed": seed,
@@ -287,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"the {algorithm} run with seed {seed} failed")
         result = json.loads(done.stdout.strip().splitlines()[-1])
         results.append(result)
+        if partial is not None:
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            with partial.open("a") as f:
+                f.write(json.dumps({"key": keys[algorithm], "result": result}) + "\n")
         brief = {"algorithm": algorithm, "seed": seed, **result["budget"]}
         print(json.dumps(brief), flush=True)
     summary = {"threads": args.threads or torch.get_num_threads(), "algorithms": summarise(results)}
@@ -299,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             **summary,
         }
         store_bench_results(args.out, "ppo_vs_grpo.py", argv or sys.argv[1:], record)
+        partial.unlink(missing_ok=True)
     print(json.dumps(summary))
     return 0
 

@@ -53,6 +53,7 @@ from llmbook.train.checkpoint import load_latest, save_training_state
 TRAIN_KEYS = (
     "reward",
     "verifier",
+    "sampled_verifier",
     "reward_std",
     "zero_variance",
     "groups",
@@ -88,7 +89,10 @@ class GRPOHistory:
     """The iterations, from 0."""
     train: dict = field(default_factory=lambda: {k: [] for k in TRAIN_KEYS})
     """Per-iteration values keyed by :data:`TRAIN_KEYS`: over the groups trained on, the mean reward,
-    verifier accuracy and within-group reward standard deviation; the share of *sampled* groups with
+    verifier accuracy and within-group reward standard deviation (with dynamic sampling these are
+    biased by the filter; when no group was kept, the reward and accuracy are those of the groups
+    sampled); the verifier accuracy over every completion sampled (all rounds: the policy's own
+    accuracy at temperature 1); the share of *sampled* groups with
     all-equal rewards and the number of groups trained on; the KL to the reference per sequence
     ($k_1$ summed over tokens, as PPO's history) and the mean $k_3$ per token of the loss; over the
     optimizer steps, the mean entropy per token, loss, surrogate, clip fractions, approx-KL and
@@ -358,6 +362,8 @@ def train_grpo(
         t0 = time.perf_counter()
         parts, kept_rewards = [], []
         sampled_groups = zero_groups = sampled_tokens = kept = rounds = 0
+        spent = {"generate": 0.0, "score": 0.0}  # every round's, whether or not a group was kept
+        sampled_right, sampled_rewards = 0.0, []
         while True:
             groups = sample_groups(
                 policy,
@@ -378,6 +384,10 @@ def train_grpo(
             sampled_groups += groups.groups
             zero_groups += int(zero.sum())
             sampled_tokens += int(groups.lengths.sum())
+            sampled_right += float(groups.verifier.float().sum())
+            sampled_rewards.append(rewards)
+            for phase in spent:
+                spent[phase] += groups.timings[phase]
             if config.dynamic_sampling:
                 keep = (~zero).nonzero().flatten()[: config.prompts_per_batch - kept]
                 groups = groups.select_groups(keep)
@@ -413,23 +423,22 @@ def train_grpo(
                 "kl": float(k1.mean()),
                 "length": float(batch.lengths.float().mean()),
                 "finished": float(batch.finished.float().mean()),
-                "generate_seconds": batch.timings["generate"],
-                "score_seconds": batch.timings["score"],
             }
         else:  # dynamic sampling found no group with a signal: nothing to train on
             t_update = 0.0
             row = {
-                "reward": float(rewards.mean()),
-                "verifier": float(groups.verifier.float().mean()) if groups.groups else 0.0,
+                "reward": float(torch.cat(sampled_rewards).mean()),
+                "verifier": sampled_right / (sampled_groups * k),
                 "reward_std": 0.0,
                 "kl": 0.0,
                 "length": 0.0,
                 "finished": 0.0,
-                "generate_seconds": 0.0,
-                "score_seconds": 0.0,
             }
         row.update(
             {
+                "sampled_verifier": sampled_right / (sampled_groups * k),
+                "generate_seconds": spent["generate"],
+                "score_seconds": spent["score"],
                 "zero_variance": zero_groups / max(sampled_groups, 1),
                 "groups": kept,
                 "kl_k3": metrics.get("kl", 0.0),

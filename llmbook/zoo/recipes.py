@@ -623,10 +623,10 @@ for _name, (_description, _changes) in HACK_RUNS.items():
 
 
 # Part 9: GRPO from the SFT model on the ppo recipe's letter counts, paid by the verifier alone; no
-# critic and no reward model. Four completions per prompt; 50 prompts per batch (with 16 the held-out
-# accuracy hardly moved: few prompts per step fit those prompts and not the task, Part 9.5). The
-# centred rewards are not divided by the group's std (Part 9.2 measures why). At iteration 80 the
-# run has sampled as many completions as the ppo recipe (250 x 64); it goes on to 120.
+# critic and no reward model. Four completions per prompt, 50 prompts per batch (chosen from one-seed
+# exploration; bench/ppo_vs_grpo.py's 16-prompt run did as well at PPO's budget: Part 9.5). The
+# centred rewards are not divided by the group's std (Part 9.2). At iteration 80 the run has sampled
+# as many completions as the ppo recipe (250 x 64); it goes on to 120.
 GRPO_TRAIN = {
     "prompts": {"count": [3, 4, 5, 6, 7, 8]},
     "prompts_per_batch": 50,

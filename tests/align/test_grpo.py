@@ -172,6 +172,11 @@ def test_dynamic_sampling_samples_more_rounds_and_drops_flat_groups():
     assert history.train["sampling_rounds"] == [3, 3]
     assert history.train["groups"] == [0, 0]
     assert history.train["update_seconds"] == [0.0, 0.0]
+    # Every metric stays finite; the rounds' sampling time is counted though nothing was kept.
+    for key in TRAIN_KEYS:
+        assert all(math.isfinite(v) for v in history.train[key]), key
+    assert history.train["reward"] == [0.0, 0.0] and history.train["sampled_verifier"] == [0.0, 0.0]
+    assert all(t > 0 for t in history.train["generate_seconds"] + history.train["score_seconds"])
     # Three rounds of 4 groups x 4 completions x 4 tokens were sampled (or fewer where one ended).
     assert all(0 < t <= 3 * 64 for t in history.train["sampled_tokens"])
 
