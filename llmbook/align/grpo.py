@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,8 +33,9 @@ from torch import nn
 from llmbook.align.advantages import group_advantages, zero_variance_groups
 from llmbook.align.chat import ChatFormat
 from llmbook.align.evaluate import default_max_new_tokens
-from llmbook.align.grpo_config import GRPOConfig
+from llmbook.align.grpo_config import MAX_SAMPLING_ROUNDS, GRPOConfig
 from llmbook.align.grpo_loss import grpo_loss
+from llmbook.align.history import HistoryRecord
 from llmbook.align.normalize import masked_mean
 from llmbook.align.ppo import evaluate_policy, ppo_examples
 from llmbook.align.ppo_loss import entropy_from_logits
@@ -79,7 +80,7 @@ TRAIN_KEYS = (
 
 
 @dataclass
-class GRPOHistory:
+class GRPOHistory(HistoryRecord):
     """What a GRPO run measured: one entry per iteration, and the held-out evaluations.
 
     Introduced in {doc}`/book/part9/05-the-loop`.
@@ -108,22 +109,6 @@ class GRPOHistory:
     """Wall time of the iterations (evaluations excluded)."""
     eval_seconds: float = 0.0
     """Wall time of the evaluations."""
-
-    def to_dict(self) -> dict:
-        """The history as a JSON-serialisable dict.
-
-        :returns: field name to value.
-        """
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> GRPOHistory:
-        """Rebuild a history saved with :meth:`to_dict`.
-
-        :param data: what :meth:`to_dict` returned.
-        :returns: the history.
-        """
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
 
 
 def group_rewards(batch: GroupRollout, config: GRPOConfig) -> torch.Tensor:
@@ -305,7 +290,7 @@ def train_grpo(
     def prompts_at(it: int, round_: int) -> list[Example]:
         seed = config.seed * 100_003 + it
         if round_:
-            seed = 1_000_000_007 + seed * 16 + round_
+            seed = 1_000_000_007 + seed * MAX_SAMPLING_ROUNDS + round_
         return ppo_examples(config, config.prompts_per_batch, split="train", seed=seed)
 
     budget = config.max_new_tokens or default_max_new_tokens(

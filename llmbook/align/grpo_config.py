@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 from llmbook.align.advantages import GROUP_SCALINGS
 from llmbook.align.grpo_loss import AGGREGATIONS
-from llmbook.align.ppo_config import PPO_PROMPTS
-from llmbook.model.config import check_field_values, config_from_dict
-from llmbook.tasks import TASKS
-from llmbook.train.optim import check_optimizer_fields
+from llmbook.align.ppo_config import PPO_PROMPTS, check_choices, check_rollout_fields
+from llmbook.model.config import config_from_dict
+
+MAX_SAMPLING_ROUNDS = 16
+"""The most sampling rounds per batch: round ``r`` of iteration ``i`` draws its prompts from a seed
+``16 * s(i) + r``, so 16 rounds keep every (iteration, round) pair's prompts apart."""
 
 
 @dataclass(kw_only=True)
@@ -71,7 +73,7 @@ class GRPOConfig:
     """Drop groups whose rewards are all equal and sample more prompts to refill the batch (DAPO)."""
     max_sampling_rounds: int = 3
     """With ``dynamic_sampling``, at most this many rounds of sampling per batch (the batch may come
-    out smaller when the rounds run out)."""
+    out smaller when the rounds run out); at most :data:`MAX_SAMPLING_ROUNDS`."""
     temperature: float = 1.0
     """Sampling temperature of the rollouts."""
     max_new_tokens: int | None = None
@@ -86,31 +88,22 @@ class GRPOConfig:
     """Seed of the prompts, the sampling and the minibatch order."""
 
     def __post_init__(self) -> None:
-        check_field_values(type(self), {f.name: getattr(self, f.name) for f in fields(self)})
-        if not isinstance(self.prompts, dict) or not self.prompts:
+        check_rollout_fields(
+            self,
+            positive=(
+                "iterations",
+                "prompts_per_batch",
+                "updates_per_batch",
+                "minibatch_size",
+                "eval_examples",
+                "max_sampling_rounds",
+            ),
+        )
+        if self.max_sampling_rounds > MAX_SAMPLING_ROUNDS:
             raise ValueError(
-                f"prompts: must be a non-empty dict of task levels, got {self.prompts!r}"
+                f"max_sampling_rounds: at most {MAX_SAMPLING_ROUNDS} (each round's prompts come "
+                f"from a seed of its own), got {self.max_sampling_rounds}"
             )
-        for name, levels in self.prompts.items():
-            if name not in TASKS:
-                raise ValueError(f"prompts: unknown task {name!r}; known: {sorted(TASKS)}")
-            if not isinstance(levels, list) or not levels:
-                raise ValueError(f"prompts: the levels of {name!r} must be a non-empty list")
-            for level in levels:
-                try:
-                    TASKS[name].check_difficulty(level)
-                except ValueError as err:
-                    raise ValueError(f"prompts: {err}") from None
-        for name in (
-            "iterations",
-            "prompts_per_batch",
-            "updates_per_batch",
-            "minibatch_size",
-            "eval_examples",
-            "max_sampling_rounds",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be a positive integer, got {getattr(self, name)}")
         if self.group_size < 2:
             raise ValueError(
                 f"group_size: must be >= 2 (a group of one has no baseline), got {self.group_size}"
@@ -120,26 +113,13 @@ class GRPOConfig:
                 f"minibatch_size: must divide prompts_per_batch * group_size "
                 f"({self.prompts_per_batch * self.group_size}), got {self.minibatch_size}"
             )
-        for name in ("warmup_steps", "eval_interval", "checkpoint_interval", "seed"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
-        check_optimizer_fields(self)
         if not 0.0 < self.clip_low < 1.0:
             raise ValueError(f"clip_low: must be in (0, 1), got {self.clip_low!r}")
         if self.clip_high is not None and not self.clip_high > 0:
             raise ValueError(f"clip_high: must be > 0 or None, got {self.clip_high!r}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature: must be > 0, got {self.temperature!r}")
-        for name in ("beta", "rm_weight", "verifier_weight", "missing_end_penalty"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)!r}")
-        if self.rm_weight == 0 and self.verifier_weight == 0:
-            raise ValueError("verifier_weight: with rm_weight 0 there is no reward; set one > 0")
-        if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens: must be >= 1 or None, got {self.max_new_tokens}")
-        for name, allowed in (("aggregation", AGGREGATIONS), ("scale_rewards", GROUP_SCALINGS)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}: must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.beta < 0:
+            raise ValueError(f"beta: must be >= 0, got {self.beta!r}")
+        check_choices(self, {"aggregation": AGGREGATIONS, "scale_rewards": GROUP_SCALINGS})
 
     @property
     def batch_size(self) -> int:

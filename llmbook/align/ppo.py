@@ -25,7 +25,7 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -34,6 +34,7 @@ from torch import nn
 from llmbook.align.advantages import gae
 from llmbook.align.chat import ChatFormat
 from llmbook.align.evaluate import complete, default_max_new_tokens
+from llmbook.align.history import HistoryRecord
 from llmbook.align.kl_control import AdaptiveKLController, FixedKLController
 from llmbook.align.normalize import RunningMoments, masked_mean, masked_whiten
 from llmbook.align.policy import ActorCritic
@@ -69,7 +70,7 @@ TRAIN_KEYS = (
 
 
 @dataclass
-class PPOHistory:
+class PPOHistory(HistoryRecord):
     """What a PPO run measured: one entry per iteration, and the held-out evaluations.
 
     Introduced in {doc}`/book/part8/04-the-loop`.
@@ -92,22 +93,6 @@ class PPOHistory:
     """Wall time of the iterations (evaluations excluded)."""
     eval_seconds: float = 0.0
     """Wall time of the evaluations."""
-
-    def to_dict(self) -> dict:
-        """The history as a JSON-serialisable dict.
-
-        :returns: field name to value.
-        """
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> PPOHistory:
-        """Rebuild a history saved with :meth:`to_dict`.
-
-        :param data: what :meth:`to_dict` returned.
-        :returns: the history.
-        """
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
 
 
 def ppo_examples(config, n: int, *, split: str, seed: int) -> list[Example]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 
 from llmbook.align.kl import KL_ESTIMATORS
@@ -15,8 +16,68 @@ PPO_PROMPTS = {"add": [1], "sub": [1], "compare": [1], "count": [3, 4, 5, 6], "r
 """The default prompt cells: task to difficulty levels where the SFT model is right sometimes but
 not reliably (greedy 15-60 %; among 8 samples one is right 70-97 % of the time), so reinforcement
 has something to reinforce (Part 8.4 measures it). The level-1 arithmetic cells have few distinct
-problems, and the SFT model has memorised its training split of them: gains there do not carry over
-to held-out prompts. The ``ppo`` recipe trains on letter counts instead (Part 8.5 measures both)."""
+problems, so the training and held-out splits of them are small and a gain on one need not carry over
+to the other. The ``ppo`` recipe trains on letter counts instead (Part 8.5 measures the gap)."""
+
+
+def check_rollout_fields(config, *, positive: Sequence[str]) -> None:
+    """The checks a PPO and a GRPO config share; each failure is a ``ValueError`` naming the field.
+
+    Every field's type and finiteness (:func:`~llmbook.model.config.check_field_values`); the prompt
+    cells (known tasks, non-empty lists of valid levels); ``positive`` counts at least 1; the
+    interval and seed fields at least 0; the optimizer fields
+    (:func:`~llmbook.train.optim.check_optimizer_fields`); a positive temperature; the reward
+    weights and the missing-end penalty at least 0, not both weights 0; ``max_new_tokens`` None or
+    at least 1.
+
+    :param config: a :class:`PPOConfig` or :class:`~llmbook.align.grpo_config.GRPOConfig`.
+    :param positive: the names of the count fields that must be at least 1.
+    :raises ValueError: for the first field that fails.
+    """
+    check_field_values(type(config), {f.name: getattr(config, f.name) for f in fields(config)})
+    prompts = config.prompts
+    if not isinstance(prompts, dict) or not prompts:
+        raise ValueError(f"prompts: must be a non-empty dict of task levels, got {prompts!r}")
+    for name, levels in prompts.items():
+        if name not in TASKS:
+            raise ValueError(f"prompts: unknown task {name!r}; known: {sorted(TASKS)}")
+        if not isinstance(levels, list) or not levels:
+            raise ValueError(f"prompts: the levels of {name!r} must be a non-empty list")
+        for level in levels:
+            try:
+                TASKS[name].check_difficulty(level)
+            except ValueError as err:
+                raise ValueError(f"prompts: {err}") from None
+    for name in positive:
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name}: must be a positive integer, got {getattr(config, name)}")
+    for name in ("warmup_steps", "eval_interval", "checkpoint_interval", "seed"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"{name}: must be >= 0, got {getattr(config, name)}")
+    check_optimizer_fields(config)
+    if not config.temperature > 0:
+        raise ValueError(f"temperature: must be > 0, got {config.temperature!r}")
+    for name in ("rm_weight", "verifier_weight", "missing_end_penalty"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"{name}: must be >= 0, got {getattr(config, name)!r}")
+    if config.rm_weight == 0 and config.verifier_weight == 0:
+        raise ValueError(
+            "rm_weight, verifier_weight: both are 0, so there is no reward; set one > 0"
+        )
+    if config.max_new_tokens is not None and config.max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens: must be >= 1 or None, got {config.max_new_tokens}")
+
+
+def check_choices(config, allowed: dict[str, Sequence[str]]) -> None:
+    """Check that each named field holds one of its allowed values.
+
+    :param config: any config object.
+    :param allowed: field name to its allowed values.
+    :raises ValueError: naming the first field whose value is not allowed.
+    """
+    for name, values in allowed.items():
+        if getattr(config, name) not in values:
+            raise ValueError(f"{name}: must be one of {values}, got {getattr(config, name)!r}")
 
 
 @dataclass(kw_only=True)
@@ -103,45 +164,23 @@ class PPOConfig:
     """Seed of the prompts, the sampling and the minibatch order."""
 
     def __post_init__(self) -> None:
-        check_field_values(type(self), {f.name: getattr(self, f.name) for f in fields(self)})
-        if not isinstance(self.prompts, dict) or not self.prompts:
-            raise ValueError(
-                f"prompts: must be a non-empty dict of task levels, got {self.prompts!r}"
-            )
-        for name, levels in self.prompts.items():
-            if name not in TASKS:
-                raise ValueError(f"prompts: unknown task {name!r}; known: {sorted(TASKS)}")
-            if not isinstance(levels, list) or not levels:
-                raise ValueError(f"prompts: the levels of {name!r} must be a non-empty list")
-            for level in levels:
-                try:
-                    TASKS[name].check_difficulty(level)
-                except ValueError as err:
-                    raise ValueError(f"prompts: {err}") from None
-        for name in ("iterations", "batch_size", "ppo_epochs", "minibatch_size", "eval_examples"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be a positive integer, got {getattr(self, name)}")
+        check_rollout_fields(
+            self,
+            positive=("iterations", "batch_size", "ppo_epochs", "minibatch_size", "eval_examples"),
+        )
         if self.batch_size % self.minibatch_size:
             raise ValueError(
                 f"minibatch_size: must divide batch_size ({self.batch_size}), got "
                 f"{self.minibatch_size}"
             )
-        for name in ("warmup_steps", "eval_interval", "checkpoint_interval", "seed"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
-        check_optimizer_fields(self)
         if not self.value_lr > 0:
             raise ValueError(f"value_lr: must be positive, got {self.value_lr!r}")
-        for name in ("clip", "value_clip", "temperature", "kl_horizon"):
+        for name in ("clip", "value_clip", "kl_horizon"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}: must be > 0, got {getattr(self, name)!r}")
-        for name in ("value_coef", "entropy_coef", "beta", "rm_weight", "verifier_weight"):
+        for name in ("value_coef", "entropy_coef", "beta"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)!r}")
-        if self.missing_end_penalty < 0:
-            raise ValueError(f"missing_end_penalty: must be >= 0, got {self.missing_end_penalty!r}")
-        if self.rm_weight == 0 and self.verifier_weight == 0:
-            raise ValueError("rm_weight: with verifier_weight 0 there is no reward; set one > 0")
         for name in ("gamma", "lam"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name}: must be in [0, 1], got {getattr(self, name)!r}")
@@ -151,15 +190,9 @@ class PPOConfig:
                 raise ValueError(f"{name}: must be > 0 or None, got {value!r}")
         if self.kl_target is not None and self.beta == 0:
             raise ValueError("beta: the adaptive controller scales beta; it must start > 0")
-        if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens: must be >= 1 or None, got {self.max_new_tokens}")
-        for name, allowed in (
-            ("kl_estimator", KL_ESTIMATORS),
-            ("score_norm", SCORE_NORMS),
-            ("critic", CRITICS),
-        ):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}: must be one of {allowed}, got {getattr(self, name)!r}")
+        check_choices(
+            self, {"kl_estimator": KL_ESTIMATORS, "score_norm": SCORE_NORMS, "critic": CRITICS}
+        )
 
     def to_dict(self) -> dict:
         """The config as a JSON-serialisable dict.

@@ -19,6 +19,7 @@ import torch
 
 from llmbook.align.chat import ChatFormat
 from llmbook.align.evaluate import complete
+from llmbook.align.history import HistoryRecord
 from llmbook.align.preference import (
     PREFERENCE_TASKS,
     REJECTION_KINDS,
@@ -150,7 +151,7 @@ class RewardConfig:
 
 
 @dataclass
-class RewardHistory:
+class RewardHistory(HistoryRecord):
     """What a reward-model run measured.
 
     Introduced in {doc}`/book/part7/02-reward-model`.
@@ -172,13 +173,6 @@ class RewardHistory:
     """Wall time spent building the pairs (model sampling included)."""
     data: dict = field(default_factory=dict)
     """:func:`~llmbook.align.preference.pair_stats` of the training pairs."""
-
-    def to_dict(self) -> dict:
-        """The history as a JSON-serialisable dict.
-
-        :returns: field name to value.
-        """
-        return asdict(self)
 
 
 def sft_samples(

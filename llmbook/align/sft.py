@@ -18,6 +18,7 @@ from torch import nn
 
 from llmbook.align.batching import MODES, iterate_batches, to_dataset
 from llmbook.align.chat import ChatFormat, chat_tokenizer
+from llmbook.align.history import HistoryRecord
 from llmbook.align.sft_loss import REDUCTIONS, sft_loss
 from llmbook.align.vocab import grow_vocab
 from llmbook.model.config import check_field_values, config_from_dict
@@ -139,7 +140,7 @@ class SFTConfig:
 
 
 @dataclass
-class SFTHistory:
+class SFTHistory(HistoryRecord):
     """What a fine-tuning run measured, step by step.
 
     Introduced in {doc}`/book/part6/02-sft-loss`.
@@ -161,13 +162,6 @@ class SFTHistory:
     """Wall time in optimizer steps."""
     padding_fraction: float = 0.0
     """Share of the token slots that held padding over the run."""
-
-    def to_dict(self) -> dict:
-        """The history as a JSON-serialisable dict.
-
-        :returns: field name to value.
-        """
-        return asdict(self)
 
 
 def prepare_model(model: nn.Module, tokenizer, *, block_size: int) -> tuple[nn.Module, ChatFormat]:

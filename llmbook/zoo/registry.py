@@ -378,13 +378,7 @@ def _train_ppo_policy(
     from llmbook.align.ppo import train_ppo
 
     parent = _parent_model(recipe, device, progress, root)
-    rm = load_or_train(
-        recipe.reward_model.recipe.name, recipe.profile, device=device, root=root, progress=progress
-    )
-    if rm.recipe.key != recipe.reward_model.key:
-        raise RuntimeError(
-            f"reward_model: expected key {recipe.reward_model.key}, got {rm.recipe.key}"
-        )
+    rm = _reward_model_of(recipe, device, progress, root)
     cfg = recipe.train_config
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
@@ -395,6 +389,40 @@ def _train_ppo_policy(
     history = train_ppo(
         actor_critic, reference, rm.model, chat, cfg, checkpoint_dir=partial, progress=progress
     )
+    meta = _policy_meta(
+        recipe,
+        parent,
+        chat,
+        rm,
+        history,
+        {
+            "val_rm_score_start": history.eval["rm_score"][0],
+            "val_rm_score": history.eval["rm_score"][-1],
+        },
+        started=started,
+        device=device,
+    )
+    return policy.eval(), chat.tokenizer, meta
+
+
+def _reward_model_of(recipe: ResolvedRecipe, device, progress: bool, root) -> ZooModel | None:
+    # The reward recipe's model a policy recipe names (None when it names none), checked to be the
+    # one the recipe's key was computed with.
+    if recipe.reward_model is None:
+        return None
+    rm = load_or_train(
+        recipe.reward_model.recipe.name, recipe.profile, device=device, root=root, progress=progress
+    )
+    if rm.recipe.key != recipe.reward_model.key:
+        raise RuntimeError(
+            f"reward_model: expected key {recipe.reward_model.key}, got {rm.recipe.key}"
+        )
+    return rm
+
+
+def _policy_meta(recipe, parent, chat, rm, history, metrics: dict, *, started, device) -> dict:
+    # The metadata of a policy trained by PPO or GRPO: where it came from, the held-out accuracy
+    # at the start and the end, the last KL, the times, and the run's whole history.
     accuracy = history.eval["accuracy"]
     meta = {
         "recipe": recipe.to_dict(),
@@ -403,22 +431,22 @@ def _train_ppo_policy(
         "tokenizer": chat.tokenizer.to_dict(),
         "corpus": dict(parent.meta.get("corpus", {})),
         "parent": {"name": parent.recipe.recipe.name, "key": parent.recipe.key},
-        "reward_model": {"name": rm.recipe.recipe.name, "key": rm.recipe.key},
-        "metrics": {
-            "val_accuracy_start": accuracy[0],
-            "val_accuracy": accuracy[-1],
-            "val_rm_score_start": history.eval["rm_score"][0],
-            "val_rm_score": history.eval["rm_score"][-1],
-            "kl": history.train["kl"][-1],
-            "train_seconds": history.seconds,
-            "eval_seconds": history.eval_seconds,
-            "wall_seconds": time.perf_counter() - started,
-            "device": str(device),
-            "torch_threads": torch.get_num_threads(),
-        },
-        "history": history.to_dict(),
     }
-    return policy.eval(), chat.tokenizer, meta
+    if rm is not None:
+        meta["reward_model"] = {"name": rm.recipe.recipe.name, "key": rm.recipe.key}
+    meta["metrics"] = {
+        "val_accuracy_start": accuracy[0],
+        "val_accuracy": accuracy[-1],
+        **metrics,
+        "kl": history.train["kl"][-1],
+        "train_seconds": history.seconds,
+        "eval_seconds": history.eval_seconds,
+        "wall_seconds": time.perf_counter() - started,
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+    }
+    meta["history"] = history.to_dict()
+    return meta
 
 
 def _policy_for(recipe: ResolvedRecipe, parent: ZooModel, device) -> GPT:
@@ -443,19 +471,7 @@ def _train_grpo_policy(
     from llmbook.align.policy import reference_model
 
     parent = _parent_model(recipe, device, progress, root)
-    rm = None
-    if recipe.reward_model is not None:
-        rm = load_or_train(
-            recipe.reward_model.recipe.name,
-            recipe.profile,
-            device=device,
-            root=root,
-            progress=progress,
-        )
-        if rm.recipe.key != recipe.reward_model.key:
-            raise RuntimeError(
-                f"reward_model: expected key {recipe.reward_model.key}, got {rm.recipe.key}"
-            )
+    rm = _reward_model_of(recipe, device, progress, root)
     cfg = recipe.train_config
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
@@ -471,32 +487,16 @@ def _train_grpo_policy(
         checkpoint_dir=partial,
         progress=progress,
     )
-    accuracy = history.eval["accuracy"]
-    meta = {
-        "recipe": recipe.to_dict(),
-        "key": recipe.key,
-        "model": recipe.model_config.to_dict(),
-        "tokenizer": chat.tokenizer.to_dict(),
-        "corpus": dict(parent.meta.get("corpus", {})),
-        "parent": {"name": parent.recipe.recipe.name, "key": parent.recipe.key},
-        **(
-            {"reward_model": {"name": rm.recipe.recipe.name, "key": rm.recipe.key}}
-            if rm is not None
-            else {}
-        ),
-        "metrics": {
-            "val_accuracy_start": accuracy[0],
-            "val_accuracy": accuracy[-1],
-            "kl": history.train["kl"][-1],
-            "sampled_tokens": sum(history.train["sampled_tokens"]),
-            "train_seconds": history.seconds,
-            "eval_seconds": history.eval_seconds,
-            "wall_seconds": time.perf_counter() - started,
-            "device": str(device),
-            "torch_threads": torch.get_num_threads(),
-        },
-        "history": history.to_dict(),
-    }
+    meta = _policy_meta(
+        recipe,
+        parent,
+        chat,
+        rm,
+        history,
+        {"sampled_tokens": sum(history.train["sampled_tokens"])},
+        started=started,
+        device=device,
+    )
     return policy.eval(), chat.tokenizer, meta
 
 

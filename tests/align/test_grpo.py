@@ -44,6 +44,7 @@ from tests.align.ppo_fixtures import (
         ("temperature", 0.0),
         ("max_new_tokens", 0),
         ("max_sampling_rounds", 0),
+        ("max_sampling_rounds", 17),
         ("missing_end_penalty", -1.0),
         ("prompts", {"nope": [1]}),
         ("prompts", {"add": [99]}),

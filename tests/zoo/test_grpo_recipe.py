@@ -7,10 +7,10 @@ import pytest
 from llmbook.align.grpo_config import GRPOConfig
 from llmbook.model.gpt import GPT
 from llmbook.zoo import recipes
-from llmbook.zoo.recipes import Recipe, register, resolve
+from llmbook.zoo.recipes import register, resolve
 from llmbook.zoo.registry import load_or_train
 from tests.test_cli import run
-from tests.zoo.test_reward_recipe import CHAT_SPECIALS, _register
+from tests.zoo.test_reward_recipe import _register, policy_recipe
 
 GRPO_TRAIN = {
     "prompts": {"add": [1], "reverse": [3]},
@@ -25,16 +25,7 @@ GRPO_TRAIN = {
 
 
 def _grpo_recipe(name="toy-grpo", reward_model=None, **train):
-    return Recipe(
-        name=name,
-        description="test GRPO policy",
-        corpus="toy",
-        kind="grpo",
-        parent="toy-sft",
-        reward_model=reward_model,
-        tokenizer={"type": "byte", "specials": CHAT_SPECIALS},
-        train={**GRPO_TRAIN, **train},
-    )
+    return policy_recipe("grpo", name, {**GRPO_TRAIN, **train}, reward_model=reward_model)
 
 
 @pytest.fixture

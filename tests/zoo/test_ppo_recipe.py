@@ -7,10 +7,10 @@ import pytest
 from llmbook.align.ppo_config import PPOConfig
 from llmbook.model.gpt import GPT
 from llmbook.zoo import recipes
-from llmbook.zoo.recipes import Recipe, register, resolve
+from llmbook.zoo.recipes import register, resolve
 from llmbook.zoo.registry import load_or_train
 from tests.test_cli import run
-from tests.zoo.test_reward_recipe import CHAT_SPECIALS, _register
+from tests.zoo.test_reward_recipe import _register, policy_recipe
 
 PPO_TRAIN = {
     "prompts": {"add": [1], "reverse": [3]},
@@ -24,16 +24,7 @@ PPO_TRAIN = {
 
 
 def _ppo_recipe(name="toy-ppo", reward_model="toy-reward", **train):
-    return Recipe(
-        name=name,
-        description="test PPO policy",
-        corpus="toy",
-        kind="ppo",
-        parent="toy-sft",
-        reward_model=reward_model,
-        tokenizer={"type": "byte", "specials": CHAT_SPECIALS},
-        train={**PPO_TRAIN, **train},
-    )
+    return policy_recipe("ppo", name, {**PPO_TRAIN, **train}, reward_model=reward_model)
 
 
 @pytest.fixture

@@ -43,6 +43,27 @@ def _reward_recipe(name="toy-reward", **train):
     )
 
 
+def policy_recipe(kind: str, name: str, train: dict, *, reward_model: str | None = None) -> Recipe:
+    """A tiny PPO or GRPO recipe on ``toy-sft`` (see :func:`_register`).
+
+    :param kind: ``"ppo"`` or ``"grpo"``.
+    :param name: the recipe's name.
+    :param train: its config fields.
+    :param reward_model: the reward recipe it names, if any.
+    :returns: the recipe (not registered).
+    """
+    return Recipe(
+        name=name,
+        description=f"test {kind.upper()} policy",
+        corpus="toy",
+        kind=kind,
+        parent="toy-sft",
+        reward_model=reward_model,
+        tokenizer={"type": "byte", "specials": CHAT_SPECIALS},
+        train=train,
+    )
+
+
 def _register(mp: pytest.MonkeyPatch) -> None:
     """A tiny RoPE parent, a tiny fine-tune of it, and two tiny reward models on the fine-tune.
 
