@@ -1,7 +1,8 @@
 # make book   build the site with every chapter executed (the main job)
 # make test   run the whole test suite: unit tests, every chapter, the built site in a browser
 # make bench  benchmarks against reference implementations (make bench-quick: a few minutes)
-# Both create or refresh the virtual environment in .venv first.
+# make notebook  JupyterLab on the chapters (each .md file opens as a notebook, through jupytext)
+# Each creates or refreshes the virtual environment in .venv first.
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -19,9 +20,9 @@ ifneq ($(wildcard ../shared/data),)
 export LLMBOOK_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: venv zoo book book-clean test test-fast bench bench-quick mathjax lint clean help
+.PHONY: venv zoo book book-clean test test-fast bench bench-quick mathjax lint clean help notebook
 help:
-	@sed -n '1,3p' Makefile
+	@sed -n '1,4p' Makefile
 
 venv: $(STAMP)
 
@@ -53,6 +54,11 @@ zoo: venv
 	@set -o pipefail; for recipe in $$($(BIN)/python -c "from llmbook.zoo.recipes import book_recipes; print(' '.join(book_recipes()))"); do \
 	  $(BIN)/llmbook train --recipe $$recipe --if-missing --no-progress | tail -1 || exit 1; \
 	done
+
+# JupyterLab is not part of the dev environment: this installs it (the "notebook" extra) on first use.
+notebook: venv zoo
+	@$(BIN)/python -c "import jupyterlab" 2>/dev/null || $(BIN)/python -m pip install --quiet -e ".[notebook]"
+	$(BIN)/jupyter lab book
 
 mathjax:
 ifeq ($(MATHJAX),local)

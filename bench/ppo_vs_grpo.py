@@ -3,6 +3,7 @@
     python bench/ppo_vs_grpo.py                                   # seeds 0 1 2, both recipes
     python bench/ppo_vs_grpo.py --seeds 0 --algorithms grpo       # one run
     python bench/ppo_vs_grpo.py --extra grpo-16 --out bench/results/ppo_vs_grpo.json  # Part 9.5
+    python bench/ppo_vs_grpo.py --jobs 2 --threads 1              # two runs at once, a core each
 
 Each run trains a copy of the zoo's ``sft`` model with the zoo recipe of its algorithm (``ppo``:
 250 iterations of 64 prompts, one completion each, a critic, the clean reward model scored;
@@ -23,7 +24,9 @@ import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -241,12 +244,17 @@ def main(argv: list[str] | None = None) -> int:
         help="completions to compare at (default: the ppo recipe's)",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="runs at once, each in its own process (default 1)"
+    )
     parser.add_argument("--progress", action="store_true", help="progress bars on stderr")
     parser.add_argument("--out", type=Path, help="also write the runs and the machine to JSON")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # one run, in this process
     args = parser.parse_args(argv)
     if any(seed < 0 for seed in args.seeds):
         parser.error(f"--seeds: must be >= 0, got {args.seeds}")
+    if args.jobs < 1:
+        parser.error(f"--jobs: must be >= 1, got {args.jobs}")
     if args.budget is not None and args.budget < 1:
         parser.error(f"--budget: must be >= 1, got {args.budget}")
 
@@ -277,18 +285,9 @@ def main(argv: list[str] | None = None) -> int:
             row = json.loads(line)
             if row["key"] == keys.get(row["result"]["algorithm"]):
                 done_runs[row["result"]["algorithm"], row["result"]["seed"]] = row["result"]
-    results = []
-    for algorithm, seed in plan:
-        if (algorithm, seed) in done_runs:
-            results.append(done_runs[algorithm, seed])
-            print(json.dumps({"algorithm": algorithm, "seed": seed, "resumed": True}), flush=True)
-            continue
-        job = {
-            "algorithm": algorithm,
-            "seed": seed,
-            "profile": args.profile,
-            "budget": args.budget,
-        }
+
+    def run_child(algorithm: str, seed: int) -> dict:
+        job = {"algorithm": algorithm, "seed": seed, "profile": args.profile, "budget": args.budget}
         command = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(job)]
         if args.threads:
             command += ["--threads", str(args.threads)]
@@ -299,13 +298,26 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write(done.stderr)
             raise SystemExit(f"the {algorithm} run with seed {seed} failed")
         result = json.loads(done.stdout.strip().splitlines()[-1])
-        results.append(result)
-        if partial is not None:
-            partial.parent.mkdir(parents=True, exist_ok=True)
-            with partial.open("a") as f:
-                f.write(json.dumps({"key": keys[algorithm], "result": result}) + "\n")
-        brief = {"algorithm": algorithm, "seed": seed, **result["budget"]}
-        print(json.dumps(brief), flush=True)
+        with lock:  # one line per run in the partial file and on stdout, whichever job ends first
+            if partial is not None:
+                partial.parent.mkdir(parents=True, exist_ok=True)
+                with partial.open("a") as f:
+                    f.write(json.dumps({"key": keys[algorithm], "result": result}) + "\n")
+            print(
+                json.dumps({"algorithm": algorithm, "seed": seed, **result["budget"]}), flush=True
+            )
+        return result
+
+    lock = threading.Lock()
+    todo = [run for run in plan if run not in done_runs]
+    for algorithm, seed in plan:
+        if (algorithm, seed) in done_runs:
+            print(json.dumps({"algorithm": algorithm, "seed": seed, "resumed": True}), flush=True)
+    # Each run is a child process of its own; with --jobs N, N of them run at once (give each its
+    # cores with --threads, e.g. --jobs 2 --threads 1 on two cores).
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        fresh = dict(zip(todo, pool.map(lambda run: run_child(*run), todo)))
+    results = [done_runs[run] if run in done_runs else fresh[run] for run in plan]
     summary = {"threads": args.threads or torch.get_num_threads(), "algorithms": summarise(results)}
     if args.out:
         from llmbook.benchmark import store_bench_results

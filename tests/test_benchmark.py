@@ -347,10 +347,11 @@ def test_ppo_vs_grpo_run_reads_the_evaluation_at_the_budget(algorithm):
     assert summary[algorithm]["seeds"] == [0, 1]
 
 
-def test_ppo_vs_grpo_script_refuses_a_bad_budget():
+@pytest.mark.parametrize("flag", ["--budget", "--jobs"])
+def test_ppo_vs_grpo_script_refuses_a_bad_budget_or_job_count(flag):
     result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "ppo_vs_grpo.py"), "--budget", "0"],
+        [sys.executable, str(ROOT / "bench" / "ppo_vs_grpo.py"), flag, "0"],
         capture_output=True,
         text=True,
     )
-    assert result.returncode == 2 and "--budget" in result.stderr
+    assert result.returncode == 2 and flag in result.stderr
