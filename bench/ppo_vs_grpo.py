@@ -7,10 +7,10 @@
 
 Each run trains a copy of the zoo's ``sft`` model with the zoo recipe of its algorithm (``ppo``:
 250 iterations of 64 prompts, one completion each, a critic, the clean reward model scored;
-``grpo``: 120 iterations of 50 prompts x 4 completions, no critic), with the run's seed, in a
+``grpo``: 200 iterations of 50 prompts x 4 completions, one pass per batch, no critic), with the run's seed, in a
 **child process** of its own, so that its peak resident memory is its own. Both sample 16,000
 completions by GRPO's iteration 80: the comparison reads GRPO's held-out evaluation, KL and time
-there (``--budget``), and also reports the whole GRPO recipe (its 120 iterations) for the recipe's
+there (``--budget``), and also reports the whole GRPO recipe (its 200 iterations) for the recipe's
 target. Time is the sum of each iteration's sampling, scoring and update seconds (evaluations
 excluded, for both). Per run the script prints one JSON line; at the end a one-line JSON summary:
 per algorithm the mean, smallest and largest held-out gain, KL, time, sampled tokens and memory.
@@ -39,7 +39,26 @@ ALGORITHMS = {
     # the first version of the grpo recipe: as many completions per iteration as PPO's, 16 prompts
     "grpo-16": (
         "grpo",
-        {"prompts_per_batch": 16, "minibatch_size": 32, "iterations": 250, "eval_interval": 25},
+        {
+            "prompts_per_batch": 16,
+            "minibatch_size": 32,
+            "updates_per_batch": 2,
+            "iterations": 250,
+            "eval_interval": 25,
+        },
+    ),
+    # the variants the recipe was chosen from (Part 9.5), each over seeds 0, 1, 2: the second
+    # version (two passes per batch for 120 iterations), and that version with a higher learning
+    # rate, with std scaling, or with 8 completions for each of 25 prompts
+    "grpo-2pass": ("grpo", {"updates_per_batch": 2, "iterations": 120}),
+    "grpo-2pass-lr5": ("grpo", {"updates_per_batch": 2, "iterations": 120, "lr": 5e-4}),
+    "grpo-2pass-std": (
+        "grpo",
+        {"updates_per_batch": 2, "iterations": 120, "scale_rewards": "group"},
+    ),
+    "grpo-2pass-k8": (
+        "grpo",
+        {"updates_per_batch": 2, "iterations": 120, "prompts_per_batch": 25, "group_size": 8},
     ),
 }
 """The runs compared: name to (zoo recipe, changes to its config)."""
