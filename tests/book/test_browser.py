@@ -1,7 +1,8 @@
 """The built site in a real browser: headless Chromium renders pages with their figures and math.
 
 Opens the intro page and a Part 1 chapter over HTTP on localhost, waits for MathJax to typeset, and
-checks every figure loaded and every math element became MathJax output. The site is built first
+checks every figure loaded and every math element became MathJax output; then opens every page with
+an SVG diagram and checks each one loaded with a real size and has alt text. The site is built first
 (``make book``) when it is missing. MathJax must be the vendored copy (``MATHJAX=local``, the default):
 this machine has no route to the CDN.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import functools
 import http.server
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -134,3 +136,48 @@ def test_page_renders_figures_and_math(site, browser, page):
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(SCREENSHOTS / (page.replace("/", "_") + ".png")))
+
+
+def _pages_with_diagrams() -> list[str]:
+    """The built pages of every book source that includes an SVG diagram (a ``figure`` directive)."""
+    pages = []
+    for source in sorted((ROOT / "book").rglob("*.md")):
+        if "api" in source.relative_to(ROOT / "book").parts[:1]:
+            continue
+        text = source.read_text(encoding="utf-8")
+        if re.search(r"^```\{figure\} \S+\.svg", text, flags=re.M):
+            pages.append(source.relative_to(ROOT).with_suffix(".html").as_posix())
+    return pages
+
+
+DIAGRAM_PAGES = _pages_with_diagrams()
+
+
+def test_the_diagram_pages_are_found():
+    # the scan itself: every chapter of Parts 6-9 has a diagram (book/partN/figures/)
+    for part in (6, 7, 8, 9):
+        chapters = sorted((ROOT / "book" / f"part{part}").glob("*.md"))
+        assert chapters
+        for chapter in chapters:
+            assert chapter.relative_to(ROOT).with_suffix(".html").as_posix() in DIAGRAM_PAGES
+
+
+@pytest.mark.parametrize("page", DIAGRAM_PAGES)
+def test_every_diagram_loads_and_has_alt_text(site, browser, page):
+    _ensure_built(page)
+    browser.get(f"{site}/{page}")
+    diagrams = browser.execute_async_script(
+        """
+        const done = arguments[arguments.length - 1];
+        const imgs = [...document.querySelectorAll('main img')].filter(i => /\\.svg$/.test(i.getAttribute('src')));
+        Promise.all(imgs.map(i => i.complete ? Promise.resolve() :
+            new Promise(r => { i.onload = r; i.onerror = r; }))).then(() => done(imgs.map(i => ({
+          src: i.getAttribute('src'), w: i.naturalWidth, h: i.naturalHeight,
+          alt: (i.getAttribute('alt') || '').trim()}))));
+        """
+    )
+    assert diagrams, f"no SVG diagram rendered on {page}"
+    broken = [d["src"] for d in diagrams if not (d["w"] > 0 and d["h"] > 0)]
+    assert not broken, f"diagrams that did not load on {page}: {broken}"
+    no_alt = [d["src"] for d in diagrams if len(d["alt"]) < 20]
+    assert not no_alt, f"diagrams without a real alt text on {page}: {no_alt}"
