@@ -169,7 +169,7 @@ def test_every_diagram_loads_and_has_alt_text(site, browser, page):
     diagrams = browser.execute_async_script(
         """
         const done = arguments[arguments.length - 1];
-        const imgs = [...document.querySelectorAll('main img')].filter(i => /\\.svg$/.test(i.getAttribute('src')));
+        const imgs = [...document.querySelectorAll('main figure img')].filter(i => /\\.svg$/.test(i.getAttribute('src')));
         Promise.all(imgs.map(i => i.complete ? Promise.resolve() :
             new Promise(r => { i.onload = r; i.onerror = r; }))).then(() => done(imgs.map(i => ({
           src: i.getAttribute('src'), w: i.naturalWidth, h: i.naturalHeight,
