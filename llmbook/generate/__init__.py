@@ -3,6 +3,7 @@
 Introduced in {doc}`/book/part2/05-sampling`.
 """
 
+from llmbook.generate.beam import BeamSearchOutput, beam_search, check_beam_settings
 from llmbook.generate.generation import (
     GenerationOutput,
     eval_mode,
@@ -13,6 +14,9 @@ from llmbook.generate.generation import (
 from llmbook.generate.sampling import check_sampling, sample_next, top_k_filter, top_p_filter
 
 __all__ = [
+    "BeamSearchOutput",
+    "beam_search",
+    "check_beam_settings",
     "GenerationOutput",
     "check_sampling",
     "eval_mode",
