@@ -16,6 +16,9 @@ from llmbook.align.reward import RewardConfig
 from llmbook.align.sft import SFTConfig
 from llmbook.data.corpora import CORPORA, Corpus, sha256_of
 from llmbook.model.config import ModelConfig
+from llmbook.tokenizer import tokenizer_from_dict
+from llmbook.tokenizer.base import DEFAULT_SPECIALS
+from llmbook.tokenizer.bpe import BPETokenizer
 from llmbook.train.loop import TrainConfig
 from llmbook.zoo.key import source_digest, torch_minor
 
@@ -56,7 +59,9 @@ class Recipe:
     profiles: dict = field(default_factory=dict)
     """Per-profile overrides: ``{"cpu": {"model": {...}, "train": {...}}, "gpu": {...}}``."""
     tokenizer: dict = field(default_factory=lambda: {"type": "byte"})
-    """The tokenizer description (see :meth:`llmbook.tokenizer.byte.ByteTokenizer.to_dict`)."""
+    """The tokenizer description: a tokenizer's ``to_dict()`` (see
+    :meth:`llmbook.tokenizer.byte.ByteTokenizer.to_dict`), or ``{"type": "bpe", "learn": {"vocab_size": V}}``
+    for a BPE learned on the training split when the model is trained (:func:`recipe_tokenizer`)."""
     train_fraction: float = 0.9
     """Share of the corpus used for training; the rest is the validation split."""
     kind: str = "lm"
@@ -146,6 +151,69 @@ RECIPES: dict[str, Recipe] = {}
 """The registry: recipe name to :class:`Recipe`."""
 
 
+def is_learned(spec: dict) -> bool:
+    """Whether a recipe's tokenizer description asks for a BPE tokenizer learned on the corpus.
+
+    :param spec: a :attr:`Recipe.tokenizer`.
+    :returns: True for ``{"type": "bpe", "learn": {"vocab_size": V}, ...}``.
+    """
+    return spec.get("type") == "bpe" and "learn" in spec
+
+
+def check_tokenizer_spec(spec: dict) -> None:
+    """Refuse a tokenizer description that no tokenizer can be built from, naming the field.
+
+    A learned BPE description is ``{"type": "bpe", "learn": {"vocab_size": V}}`` with optional
+    ``"specials"`` (default :data:`~llmbook.tokenizer.base.DEFAULT_SPECIALS`); any other description
+    is a tokenizer's ``to_dict()``.
+
+    :param spec: a :attr:`Recipe.tokenizer`.
+    :raises ValueError: for an unknown key, or a ``vocab_size`` that is not an integer with room for
+        the 256 bytes and the specials.
+    """
+    if not is_learned(spec):
+        tokenizer_from_dict(spec)  # raises ValueError naming what is wrong
+        return
+    unknown = sorted(set(spec) - {"type", "learn", "specials"})
+    if unknown or not isinstance(spec["learn"], dict) or set(spec["learn"]) != {"vocab_size"}:
+        raise ValueError(
+            "tokenizer: a learned BPE is {'type': 'bpe', 'learn': {'vocab_size': V}} with optional "
+            f"'specials', got {spec!r}"
+        )
+    vocab_size = spec["learn"]["vocab_size"]
+    specials = spec.get("specials", list(DEFAULT_SPECIALS))
+    if (
+        isinstance(vocab_size, bool)
+        or not isinstance(vocab_size, int)
+        or vocab_size < 256 + len(specials)
+    ):
+        raise ValueError(
+            f"tokenizer.learn.vocab_size: must be an integer >= {256 + len(specials)}, got {vocab_size!r}"
+        )
+
+
+def recipe_tokenizer(recipe: Recipe, text: str):
+    """The tokenizer a pretraining recipe trains with.
+
+    A learned BPE description is trained on the first ``train_fraction`` of the corpus's characters
+    (the text the training split is cut from; the validation text is never seen), deterministically,
+    so the same recipe, corpus and code give the same merges. Any other description is rebuilt with
+    :func:`~llmbook.tokenizer.tokenizer_from_dict`.
+
+    :param recipe: the recipe.
+    :param text: the corpus text.
+    :returns: the tokenizer.
+
+    Introduced in {doc}`/book/part4/01-bpe`.
+    """
+    spec = recipe.tokenizer
+    if not is_learned(spec):
+        return tokenizer_from_dict(spec)
+    train_text = text[: int(len(text) * recipe.train_fraction)]
+    specials = tuple(spec.get("specials", DEFAULT_SPECIALS))
+    return BPETokenizer.train(train_text, spec["learn"]["vocab_size"], special_tokens=specials)
+
+
 def book_recipes() -> list[str]:
     """The recipes whose models chapters load, in name order: what ``make zoo`` trains ahead.
 
@@ -165,6 +233,9 @@ def register(recipe: Recipe) -> Recipe:
         raise ValueError(f"name: a recipe called {recipe.name!r} is already registered")
     if recipe.kind not in KINDS:
         raise ValueError(f"kind: must be one of {KINDS}, got {recipe.kind!r}")
+    check_tokenizer_spec(recipe.tokenizer)
+    if is_learned(recipe.tokenizer) and recipe.kind != "lm":
+        raise ValueError("tokenizer: only a pretraining recipe learns its tokenizer")
     if (recipe.kind in FINE_TUNED) != (recipe.parent is not None):
         raise ValueError("parent: a fine-tuning recipe needs one, a pretraining recipe has none")
     if recipe.parent is not None and recipe.parent not in RECIPES:
@@ -421,6 +492,24 @@ SFT_MIXTURE = {
     "lookup": 1.0,
 }
 """The task mixture of the ``sft`` recipe: task name to weight."""
+
+# Part 4: the Part 3 modern base with a BPE tokenizer of 1,024 ids learned on the training split, at the
+# same model shape, steps, batch and context (in tokens), i.e. at equal compute per step up to the
+# larger embedding and head. Its 64-token window spans about 2.3 times the text of the byte model's.
+BPE_VOCAB = 1024
+register(
+    Recipe(
+        name="shakespeare-bpe",
+        description="Part 4: the Part 3 base shape with a 1,024-id BPE learned on TinyShakespeare",
+        corpus="tinyshakespeare",
+        tokenizer={"type": "bpe", "learn": {"vocab_size": BPE_VOCAB}},
+        model={**RECIPES["shakespeare-modern"].model, "vocab_size": BPE_VOCAB},
+        # BOS is the first special, after the 256 bytes and the merges.
+        train={**RECIPES["shakespeare-modern"].train, "bos_id": BPE_VOCAB - len(DEFAULT_SPECIALS)},
+        profiles=copy.deepcopy(RECIPES["shakespeare-modern"].profiles),
+    )
+)
+
 
 # Part 6: the Part 3 modern base fine-tuned on the verifiable tasks in the chat format. The chat
 # tokens grow the vocabulary from 259 to 262 ids; RoPE lets the context grow from 64 to 128 positions.

@@ -33,7 +33,7 @@ from llmbook.zoo.checkpoint import (
     read_meta,
     save_checkpoint,
 )
-from llmbook.zoo.recipes import ResolvedRecipe, resolve
+from llmbook.zoo.recipes import ResolvedRecipe, is_learned, recipe_tokenizer, resolve
 
 try:
     import fcntl
@@ -175,8 +175,16 @@ def _load_cached(directory: Path, recipe: ResolvedRecipe, device: torch.device) 
         meta = read_meta(directory)
         _expect(directory, "recipe key", meta.get("key"), recipe.key)
         _expect(directory, "model config", meta.get("model"), recipe.model_config.to_dict())
-        tokenizer = tokenizer_from_dict(recipe.recipe.tokenizer)
-        _expect(directory, "tokenizer", meta.get("tokenizer"), tokenizer.to_dict())
+        if is_learned(recipe.recipe.tokenizer):
+            # Learned at training time: the key covers the description, the corpus and the code
+            # that learned it, so the stored tokenizer is the one this recipe makes.
+            _expect(
+                directory, "tokenizer", meta["recipe"].get("tokenizer"), recipe.recipe.tokenizer
+            )
+            tokenizer = _tokenizer_of(directory, meta)
+        else:
+            tokenizer = tokenizer_from_dict(recipe.recipe.tokenizer)
+            _expect(directory, "tokenizer", meta.get("tokenizer"), tokenizer.to_dict())
         model, meta = load_checkpoint(directory, device=device)
     except CheckpointError as err:
         aside = directory.with_name(f"{directory.name}.unreadable-{int(time.time())}")
@@ -202,6 +210,13 @@ def _load_cached(directory: Path, recipe: ResolvedRecipe, device: torch.device) 
     )
 
 
+def _tokenizer_of(directory: Path, meta: dict):
+    try:
+        return tokenizer_from_dict(meta["tokenizer"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{directory}: invalid tokenizer in checkpoint.json ({err})") from err
+
+
 def _train(
     recipe: ResolvedRecipe,
     corpus: Corpus,
@@ -219,7 +234,15 @@ def _train(
         return _train_ppo_policy(recipe, device, progress, partial, root)
     if recipe.recipe.kind == "grpo":
         return _train_grpo_policy(recipe, device, progress, partial, root)
-    tokenizer = tokenizer_from_dict(recipe.recipe.tokenizer)
+    tokenizer = recipe_tokenizer(recipe.recipe, corpus.text)
+    bos = recipe.train_config.bos_id
+    if bos is not None and bos != tokenizer.bos_id:  # e.g. a learned BPE that ran out of merges
+        raise ValueError(f"train.bos_id: {bos} is not the tokenizer's BOS id {tokenizer.bos_id}")
+    if tokenizer.vocab_size > recipe.model_config.vocab_size:
+        raise ValueError(
+            f"model.vocab_size: {recipe.model_config.vocab_size} is smaller than the tokenizer's "
+            f"{tokenizer.vocab_size} ids"
+        )
     ids = torch.tensor(tokenizer.encode(corpus.text), dtype=torch.long)
     train_ids, val_ids = train_val_split(ids, recipe.recipe.train_fraction)
     torch.manual_seed(recipe.train_config.seed)
