@@ -3,7 +3,7 @@
     python bench/sft_budget.py                       # the presets below, one after the other
     python bench/sft_budget.py --preset add2-only    # one preset
     python bench/sft_budget.py --tasks '{"add": 1}' --difficulty '{"add": [2]}' --steps 1000
-    python bench/sft_budget.py --out bench/results/sft_budget.json   # the stored run Part 6.4 shows
+    python bench/sft_budget.py --out bench/results/sft_budget.json   # the stored run Part 6.6 shows
 
 Each run fine-tunes the ``shakespeare-modern`` base from the zoo (trained first when missing) with
 :func:`llmbook.align.sft.train_sft`, packed rows of 128 tokens, then measures greedy exact match on

@@ -22,7 +22,7 @@ def default_device() -> torch.device:
 
     :returns: a :class:`torch.device`.
 
-    Introduced in {doc}`/book/part0/02-environment`.
+    Introduced in {doc}`/book/part0/03-environment`.
     """
     if torch.cuda.is_available():
         return torch.device("cuda")
@@ -38,7 +38,7 @@ def available_devices() -> list[str]:
     :returns: ``"cpu"``, then ``"cuda:0"``, ``"cuda:1"``, ... for each visible GPU, then ``"mps"``
         where Apple's Metal backend works.
 
-    Introduced in {doc}`/book/part0/02-environment`.
+    Introduced in {doc}`/book/part0/03-environment`.
     """
     names = ["cpu"]
     if torch.cuda.is_available():
@@ -59,7 +59,7 @@ def parse_device(name: str | torch.device) -> torch.device:
     :returns: the :class:`torch.device`.
     :raises ValueError: for a name torch does not know, or a device this machine does not have.
 
-    Introduced in {doc}`/book/part0/02-environment`.
+    Introduced in {doc}`/book/part0/03-environment`.
     """
     available = available_devices()
     try:
@@ -100,7 +100,7 @@ def supported_dtypes(device: torch.device | str | None = None) -> dict[str, bool
     :param device: the device to probe (default: :func:`default_device`).
     :returns: short dtype name mapped to whether an 8 x 8 matmul succeeds and is exact.
 
-    Introduced in {doc}`/book/part0/02-environment`.
+    Introduced in {doc}`/book/part0/03-environment`.
     """
     device = torch.device(device) if device is not None else default_device()
     return {name: _matmul_works(device, dt) for name, dt in PROBED_DTYPES.items()}
@@ -115,7 +115,7 @@ def autocast_dtype(device: torch.device | str | None = None) -> torch.dtype | No
     :param device: the device (default: :func:`default_device`).
     :returns: ``torch.bfloat16``, ``torch.float16``, or None when neither works.
 
-    Introduced in {doc}`/book/part0/02-environment`.
+    Introduced in {doc}`/book/part0/03-environment`.
     """
     device = torch.device(device) if device is not None else default_device()
     support = supported_dtypes(device)
@@ -161,7 +161,7 @@ def environment_report(device: torch.device | str | None = None) -> dict[str, ob
     :param device: the device to describe (default: :func:`default_device`).
     :returns: versions, device name, core and thread counts, supported dtypes and CPU features.
 
-    Introduced in {doc}`/book/part0/02-environment`.
+    Introduced in {doc}`/book/part0/03-environment`.
     """
     device = torch.device(device) if device is not None else default_device()
     if device.type == "cuda":

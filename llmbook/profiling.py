@@ -43,7 +43,7 @@ def profile_step(
     :param warmup: unprofiled steps before the profiled one.
     :returns: the finished profiler; ``.key_averages().table(...)`` gives the familiar table.
 
-    Introduced in {doc}`/book/part0/02-environment`.
+    Introduced in {doc}`/book/part0/04-mixed-precision-profiling`.
     """
     for _ in range(warmup):
         _, loss = model(idx, targets)

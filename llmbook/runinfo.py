@@ -15,7 +15,7 @@ from llmbook.seed import set_seed
 class RunInfo:
     """Seeded start of a run and its environment; :meth:`summary` is the line every chapter ends with.
 
-    Introduced in {doc}`/book/part0/02-environment`.
+    Introduced in {doc}`/book/part0/03-environment`.
     """
 
     seed: int
@@ -52,7 +52,7 @@ def start_run(seed: int = 0, device: torch.device | str | None = None) -> RunInf
     :param device: the device to use (default: :func:`~llmbook.device.default_device`).
     :returns: the :class:`RunInfo`.
 
-    Introduced in {doc}`/book/part0/02-environment`.
+    Introduced in {doc}`/book/part0/03-environment`.
     """
     set_seed(seed)
     device = torch.device(device) if device is not None else default_device()
@@ -66,6 +66,6 @@ def plain(value):
     :param value: a number, a numpy or 0-d torch scalar, or anything else (returned as it is).
     :returns: ``value.item()`` when the value has it, else ``value``.
 
-    Introduced in {doc}`/book/part6/02-sft-loss`.
+    Introduced in {doc}`/book/part6/03-sft-loss`.
     """
     return value.item() if hasattr(value, "item") else value

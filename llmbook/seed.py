@@ -15,7 +15,7 @@ def set_seed(seed: int) -> torch.Generator:
         explicit generator over global state.
     :raises ValueError: when ``seed`` is negative or not an integer.
 
-    Introduced in {doc}`/book/part0/02-environment`.
+    Introduced in {doc}`/book/part0/03-environment`.
     """
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed: must be a non-negative integer, got {seed!r}")

@@ -35,14 +35,14 @@ CHECKSUMS = "sha256"
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated, corrupt, or does not fit the model it is loaded into.
 
-    Introduced in {doc}`/book/part2/04-training-loop`.
+    Introduced in {doc}`/book/part2/06-training-loop`.
     """
 
 
 class CheckpointWarning(UserWarning):
     """A checkpoint could not be used and was moved aside (never deleted); the message says why.
 
-    Introduced in {doc}`/book/part4/04-checkpointing`.
+    Introduced in {doc}`/book/part4/08-checkpoint-files`.
     """
 
 
@@ -246,7 +246,7 @@ def save_checkpoint(directory: str | Path, model: nn.Module, meta: dict) -> Path
     :param meta: JSON-serialisable description (model config, tokenizer, recipe, metrics...).
     :returns: the directory.
 
-    Introduced in {doc}`/book/part2/04-training-loop`.
+    Introduced in {doc}`/book/part2/06-training-loop`.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -266,7 +266,7 @@ def read_meta(directory: str | Path) -> dict:
     :raises CheckpointError: when the file is missing, not valid JSON, not a JSON object, or of
         another format version.
 
-    Introduced in {doc}`/book/part2/04-training-loop`.
+    Introduced in {doc}`/book/part2/06-training-loop`.
     """
     path = Path(directory) / META
     if not path.is_file():
@@ -350,7 +350,7 @@ def load_weights(directory: str | Path, model: nn.Module, meta: dict | None = No
     :param meta: the checkpoint's JSON when already read (default: read it).
     :raises CheckpointError: when the file is missing, truncated or corrupt, or does not fit the model.
 
-    Introduced in {doc}`/book/part2/04-training-loop`.
+    Introduced in {doc}`/book/part2/06-training-loop`.
     """
     meta = read_meta(directory) if meta is None else meta
     path = Path(directory) / WEIGHTS

@@ -38,7 +38,7 @@ class SFTBatch:
     :param n_real_tokens: token slots that hold an example's token.
     :param n_slots: all token slots, ``B * T``.
 
-    Introduced in {doc}`/book/part6/02-sft-loss`.
+    Introduced in {doc}`/book/part6/03-sft-loss`.
     """
 
     input_ids: torch.Tensor
@@ -106,7 +106,7 @@ def pad_batch(
     :returns: the batch, ``attention_mask`` of shape ``(B, T)``.
     :raises ValueError: for no rows, a malformed row, or a row longer than ``block_size``.
 
-    Introduced in {doc}`/book/part6/02-sft-loss`.
+    Introduced in {doc}`/book/part6/03-sft-loss`.
     """
     if side not in SIDES:
         raise ValueError(f"side: must be one of {SIDES}, got {side!r}")
@@ -142,7 +142,7 @@ def first_fit(lengths: Sequence[int], block_size: int) -> list[list[int]]:
     :returns: the item indices in each bin, bins in order of opening.
     :raises ValueError: for an item longer than ``block_size``.
 
-    Introduced in {doc}`/book/part6/02-sft-loss`.
+    Introduced in {doc}`/book/part6/04-packing`.
     """
     _check_lengths(lengths, block_size)
     bins: list[list[int]] = []
@@ -174,7 +174,7 @@ def pack_batch(rows: Sequence, *, block_size: int, pad_id: int) -> SFTBatch:
     :returns: the batch, ``attention_mask`` of shape ``(B, T, T)``, ``B`` the number of rows used.
     :raises ValueError: for no rows, a malformed row, or a row longer than ``block_size``.
 
-    Introduced in {doc}`/book/part6/02-sft-loss`.
+    Introduced in {doc}`/book/part6/04-packing`.
     """
     if len(rows) == 0:
         raise ValueError("rows: need at least one example")
@@ -220,7 +220,7 @@ def padding_waste(
         ``n_slots``, ``n_pad`` (``n_slots - n_real``) and ``padding_fraction``.
     :raises ValueError: for an unknown mode, a bad size, or an example longer than ``block_size``.
 
-    Introduced in {doc}`/book/part6/02-sft-loss`.
+    Introduced in {doc}`/book/part6/04-packing`.
     """
     if mode not in MODES:
         raise ValueError(f"mode: must be one of {MODES}, got {mode!r}")
@@ -265,7 +265,7 @@ def to_dataset(rows: Sequence):
     :returns: the dataset, one example per row, in the given order.
     :raises ValueError: for a malformed row.
 
-    Introduced in {doc}`/book/part6/02-sft-loss`.
+    Introduced in {doc}`/book/part6/04-packing`.
     """
     import datasets  # imported here: a heavy import that only the data path needs
 
@@ -310,7 +310,7 @@ def iterate_batches(
     :raises ValueError: for an unknown mode, a bad batch size, or an example longer than
         ``block_size`` (named by its index in the dataset, raised before the first batch).
 
-    Introduced in {doc}`/book/part6/02-sft-loss`.
+    Introduced in {doc}`/book/part6/04-packing`.
     """
     if mode not in MODES:
         raise ValueError(f"mode: must be one of {MODES}, got {mode!r}")

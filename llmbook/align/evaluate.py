@@ -89,7 +89,7 @@ def complete(
     :raises ValueError: naming ``prompts``, ``n_samples``, ``max_new_tokens``, ``batch_size`` or the
         sampling setting that is invalid.
 
-    Introduced in {doc}`/book/part6/04-evaluation`.
+    Introduced in {doc}`/book/part6/06-evaluation`.
     """
     if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
         raise ValueError("prompts: expected a sequence of strings")
@@ -141,7 +141,7 @@ def default_max_new_tokens(
     :returns: the number of tokens.
     :raises ValueError: naming ``margin`` when it is negative.
 
-    Introduced in {doc}`/book/part6/04-evaluation`.
+    Introduced in {doc}`/book/part6/06-evaluation`.
     """
     margin = _check_count("margin", margin, 0)
     answers = [ex.answer for ex in examples]
@@ -177,7 +177,7 @@ class TaskEval:
     :param records: the records; each must have at least the keys of :data:`RECORD_KEYS`.
     :raises ValueError: naming ``records`` when one is not a dict with those keys.
 
-    Introduced in {doc}`/book/part6/04-evaluation`.
+    Introduced in {doc}`/book/part6/06-evaluation`.
     """
 
     records: list[dict]
@@ -339,7 +339,7 @@ def evaluate_tasks(
     :raises ValueError: naming ``examples`` when it is empty or holds something else than
         :class:`~llmbook.tasks.base.Example`, or the generation setting that is invalid.
 
-    Introduced in {doc}`/book/part6/04-evaluation`.
+    Introduced in {doc}`/book/part6/06-evaluation`.
     """
     examples = list(examples)
     if not examples:

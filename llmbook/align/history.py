@@ -14,7 +14,7 @@ class HistoryRecord:
     Checkpoints and the zoo's metadata store a history as the dict :meth:`to_dict` returns;
     :meth:`from_dict` rebuilds it when a run resumes or a chapter reads a stored run.
 
-    Introduced in {doc}`/book/part6/02-sft-loss`.
+    Introduced in {doc}`/book/part6/04-packing`.
     """
 
     def to_dict(self) -> dict[str, Any]:

@@ -63,7 +63,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     :returns: the estimate, in ``[0, 1]``.
     :raises ValueError: naming the argument, for a non-integer or out-of-range value.
 
-    Introduced in {doc}`/book/part6/04-evaluation`.
+    Introduced in {doc}`/book/part6/06-evaluation`.
     """
     n, c, k = _check(n, c, k)
     if n - c < k:
@@ -87,7 +87,7 @@ def pass_at_k_many(ns: Sequence[int], cs: Sequence[int], k: int) -> float:
     :raises ValueError: for no problems, ``ns`` and ``cs`` of different lengths, or a value
         :func:`pass_at_k` refuses (the message names the argument and the problem index).
 
-    Introduced in {doc}`/book/part6/04-evaluation`.
+    Introduced in {doc}`/book/part6/06-evaluation`.
     """
     if len(ns) != len(cs):
         raise ValueError(f"cs: expected {len(ns)} values like ns, got {len(cs)}")

@@ -39,7 +39,7 @@ class SFTConfig:
     Every field is checked on construction; a bad value raises a :class:`ValueError` whose message
     starts with the field name (NaN and infinity included).
 
-    Introduced in {doc}`/book/part6/02-sft-loss`.
+    Introduced in {doc}`/book/part6/04-packing`.
     """
 
     tasks: dict = field(default_factory=_all_tasks)
@@ -143,7 +143,7 @@ class SFTConfig:
 class SFTHistory(HistoryRecord):
     """What a fine-tuning run measured, step by step.
 
-    Introduced in {doc}`/book/part6/02-sft-loss`.
+    Introduced in {doc}`/book/part6/04-packing`.
     """
 
     steps: list[int] = field(default_factory=list)
@@ -179,7 +179,7 @@ def prepare_model(model: nn.Module, tokenizer, *, block_size: int) -> tuple[nn.M
     :raises ValueError: when ``block_size`` shrinks the context, or a learned position table would
         have to grow.
 
-    Introduced in {doc}`/book/part6/01-chat-format`.
+    Introduced in {doc}`/book/part6/02-new-tokens`.
     """
     cfg = model.config
     if block_size < cfg.block_size:
@@ -204,7 +204,7 @@ def sft_examples(config: SFTConfig, n: int, *, split: str, seed: int) -> list[Ex
     :param seed: the seed of the draw and of the order.
     :returns: the examples, ordered by ``config.schedule``.
 
-    Introduced in {doc}`/book/part6/03-curriculum`.
+    Introduced in {doc}`/book/part6/05-curriculum`.
     """
     if config.difficulty is None:
         examples = generate_examples(config.tasks, n, split=split, seed=seed)
@@ -249,7 +249,7 @@ def validation_loss(
     :param batch_size: examples per forward pass.
     :returns: nats per answer token.
 
-    Introduced in {doc}`/book/part6/02-sft-loss`.
+    Introduced in {doc}`/book/part6/03-sft-loss`.
     """
     was_training = model.training
     model.eval()
@@ -296,7 +296,7 @@ def train_sft(
     :returns: the :class:`SFTHistory`.
     :raises ValueError: when ``config.block_size`` exceeds the model's context.
 
-    Introduced in {doc}`/book/part6/02-sft-loss`.
+    Introduced in {doc}`/book/part6/04-packing`.
     """
     block_size = config.block_size or model.config.block_size
     if block_size > model.config.block_size:

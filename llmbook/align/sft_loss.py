@@ -31,7 +31,7 @@ def sft_labels(input_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor
     :returns: ``(B, T)`` long labels.
     :raises ValueError: when the shapes differ or are not 2-D.
 
-    Introduced in {doc}`/book/part6/02-sft-loss`.
+    Introduced in {doc}`/book/part6/03-sft-loss`.
     """
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids: expected (B, T), got shape {tuple(input_ids.shape)}")
@@ -93,7 +93,7 @@ def sequence_losses(
     :returns: ``(losses, n_tokens)``, each ``(S,)``: mean loss in nats (fp32, differentiable) and
         the number of counted tokens of each of the ``S`` sequences.
 
-    Introduced in {doc}`/book/part6/02-sft-loss`.
+    Introduced in {doc}`/book/part6/03-sft-loss`.
     """
     counted = labels != IGNORE_INDEX  # (B, T)
     sums, counts = _group_sums(_token_losses(logits, labels), counted, document_ids)
@@ -140,7 +140,7 @@ def sft_loss(
         least one counted token, ``loss_sum`` the sum of the token losses in nats.
     :raises ValueError: for an unknown reduction, mismatched shapes, or a batch with no counted token.
 
-    Introduced in {doc}`/book/part6/02-sft-loss`.
+    Introduced in {doc}`/book/part6/03-sft-loss`.
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction: must be one of {REDUCTIONS}, got {reduction!r}")

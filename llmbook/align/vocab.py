@@ -119,7 +119,7 @@ def grow_vocab(
         or not an integer, ``init`` when it is unknown, ``std`` or ``noise_scale`` when negative or
         not finite.
 
-    Introduced in {doc}`/book/part6/01-chat-format`.
+    Introduced in {doc}`/book/part6/02-new-tokens`.
     """
     if isinstance(new_vocab_size, bool) or not isinstance(new_vocab_size, int):
         raise ValueError(f"new_vocab_size: must be an integer, got {new_vocab_size!r}")
@@ -182,7 +182,7 @@ def new_token_mass(
     :returns: float32 probabilities of the shape of ``ids``.
     :raises ValueError: naming ``old_vocab_size`` when it is not in ``1 .. V_new``.
 
-    Introduced in {doc}`/book/part6/01-chat-format`.
+    Introduced in {doc}`/book/part6/02-new-tokens`.
     """
     vocab = model.lm_head.weight.size(0)
     if isinstance(old_vocab_size, bool) or not isinstance(old_vocab_size, int):

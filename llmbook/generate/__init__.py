@@ -1,6 +1,6 @@
 """Sampling and generation.
 
-Introduced in {doc}`/book/part2/05-sampling`.
+Introduced in {doc}`/book/part2/07-sampling`.
 """
 
 from llmbook.generate.beam import BeamSearchOutput, beam_search, check_beam_settings

@@ -11,7 +11,7 @@ beat the pool's worst member any more (judged at the current length). The result
 hypothesis. With these rules the output equals ``transformers``' beam search with ``early_stopping=False``
 (the default), which the tests check.
 
-Introduced in {doc}`/book/part2/05-sampling`.
+Introduced in {doc}`/book/part2/08-batches-and-beams`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from llmbook.generate.generation import _crop, eval_mode, left_pad
 class BeamSearchOutput:
     """The best finished hypothesis of each prompt.
 
-    Introduced in {doc}`/book/part2/05-sampling`.
+    Introduced in {doc}`/book/part2/08-batches-and-beams`.
     """
 
     completions: list[list[int]]
@@ -50,7 +50,7 @@ def check_beam_settings(num_beams: int, max_new_tokens: int, length_penalty: flo
     :param length_penalty: the exponent $\\alpha$, a finite number.
     :raises ValueError: naming the first bad field.
 
-    Introduced in {doc}`/book/part2/05-sampling`.
+    Introduced in {doc}`/book/part2/08-batches-and-beams`.
     """
     for name, value in (("num_beams", num_beams), ("max_new_tokens", max_new_tokens)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -91,7 +91,7 @@ def beam_search(
     :returns: a :class:`BeamSearchOutput`.
     :raises ValueError: for a bad setting (:func:`check_beam_settings`), before the model runs.
 
-    Introduced in {doc}`/book/part2/05-sampling`.
+    Introduced in {doc}`/book/part2/08-batches-and-beams`.
     """
     check_beam_settings(num_beams, max_new_tokens, length_penalty)
     K = num_beams

@@ -17,7 +17,7 @@ from llmbook.model.kv_cache import KVCache
 class GenerationOutput:
     """Generated sequences, left-padded, with their masks and the sampled tokens' log-probabilities.
 
-    Introduced in {doc}`/book/part2/05-sampling`.
+    Introduced in {doc}`/book/part2/08-batches-and-beams`.
     """
 
     sequences: torch.Tensor
@@ -45,7 +45,7 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
     :param pad_id: the id to pad with (it is never attended to).
     :returns: ``(ids (B, P), mask (B, P))``, mask True at real tokens.
 
-    Introduced in {doc}`/book/part2/05-sampling`.
+    Introduced in {doc}`/book/part2/08-batches-and-beams`.
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("prompts: need at least one prompt, and every prompt needs a token")
@@ -68,7 +68,7 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     :param model: the module.
     :returns: a context manager yielding ``model``.
 
-    Introduced in {doc}`/book/part2/05-sampling`.
+    Introduced in {doc}`/book/part2/07-sampling`.
     """
     was_training = model.training
     model.eval()
@@ -120,7 +120,7 @@ def generate(
     :raises ValueError: for a negative ``max_new_tokens`` or a sampling setting
         :func:`~llmbook.generate.sampling.check_sampling` refuses (before the model runs).
 
-    Introduced in {doc}`/book/part2/05-sampling`.
+    Introduced in {doc}`/book/part2/07-sampling`.
     """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens: must be >= 0, got {max_new_tokens}")
@@ -190,7 +190,7 @@ def sequence_logprobs(
     :returns: ``(B, T - 1)`` log-probabilities (differentiable when grad is enabled).
     :raises ValueError: when ``temperature`` is not finite or is negative.
 
-    Introduced in {doc}`/book/part2/05-sampling`.
+    Introduced in {doc}`/book/part2/08-batches-and-beams`.
     """
     check_sampling(temperature)
     logits = model(ids, attention_mask=attention_mask).logits[:, :-1].float()  # (B, T-1, V)

@@ -19,7 +19,7 @@ def check_sampling(
     :param top_p: None, or a number in (0, 1].
     :raises ValueError: naming ``temperature``, ``top_k`` or ``top_p``.
 
-    Introduced in {doc}`/book/part2/05-sampling`.
+    Introduced in {doc}`/book/part2/07-sampling`.
     """
     if not math.isfinite(temperature) or temperature < 0:
         raise ValueError(f"temperature: must be finite and >= 0 (0 is greedy), got {temperature}")
@@ -49,7 +49,7 @@ def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
     :returns: the filtered logits (a new tensor).
     :raises ValueError: when ``k`` is not an integer ``>= 1``.
 
-    Introduced in {doc}`/book/part2/05-sampling`.
+    Introduced in {doc}`/book/part2/07-sampling`.
     """
     _check_top_k(k)
     if k >= logits.size(-1):
@@ -70,7 +70,7 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     :returns: the filtered logits (a new tensor).
     :raises ValueError: when ``p`` is not in (0, 1] (NaN included).
 
-    Introduced in {doc}`/book/part2/05-sampling`.
+    Introduced in {doc}`/book/part2/07-sampling`.
     """
     _check_top_p(p)
     if p == 1.0:  # the float32 cumulative sum can reach 1.0 before the tail: keep it explicitly
@@ -111,7 +111,7 @@ def sample_next(
     :returns: ``(ids (B,), logps (B,))``.
     :raises ValueError: for a sampling setting :func:`check_sampling` refuses.
 
-    Introduced in {doc}`/book/part2/05-sampling`.
+    Introduced in {doc}`/book/part2/07-sampling`.
     """
     check_sampling(temperature, top_k, top_p)
     logits = logits.float()

@@ -1,6 +1,6 @@
 """The transformer model and its parts, one concept per module.
 
-Introduced in {doc}`/book/part1/07-gpt-model`.
+Introduced in {doc}`/book/part1/09-gpt-model`.
 """
 
 from llmbook.model.attention import (

@@ -19,7 +19,7 @@ def build_norm(config: ModelConfig) -> nn.Module:
     :returns: a :class:`~llmbook.model.norm.LayerNorm`, :class:`~llmbook.model.norm.RMSNorm`, or
         :class:`torch.nn.Identity` for ``"none"``.
 
-    Introduced in {doc}`/book/part1/06-residual-layernorm`.
+    Introduced in {doc}`/book/part1/07-residual-layernorm`.
     """
     if config.norm == "layernorm":
         return LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
@@ -38,7 +38,7 @@ def build_mlp(config: ModelConfig, layer: int = 0) -> nn.Module:
     :returns: an :class:`~llmbook.model.mlp.MLP` (GELU), a :class:`~llmbook.model.mlp.SwiGLU`, or an
         :class:`~llmbook.model.moe.MoE` of SwiGLU experts.
 
-    Introduced in {doc}`/book/part3/03-swiglu`; MoE layers in {doc}`/book/part5/03-hybrid-stacks`.
+    Introduced in {doc}`/book/part3/03-swiglu`; MoE layers in {doc}`/book/part5/04-hybrid-stacks`.
     """
     if config.is_moe_layer(layer):
         return MoE(
@@ -67,7 +67,7 @@ class Block(nn.Module):
     :param config: the model config.
     :param layer: the block's index (selects a dense or a mixture-of-experts feed-forward layer).
 
-    Introduced in {doc}`/book/part1/06-residual-layernorm`.
+    Introduced in {doc}`/book/part1/07-residual-layernorm`.
     """
 
     def __init__(self, config: ModelConfig, layer: int = 0) -> None:

@@ -106,7 +106,7 @@ class ModelConfig:
     how it combines with the others. A bad value raises :class:`ValueError` whose message starts with
     the field name, so a typo in a recipe points at itself.
 
-    Introduced in {doc}`/book/part1/07-gpt-model`.
+    Introduced in {doc}`/book/part1/09-gpt-model`.
     """
 
     vocab_size: int = 256

@@ -46,7 +46,7 @@ def count_parameters(
     :param active: count only the parameters one token passes through (differs for MoE models).
     :returns: the count; the tests check it equals ``GPT(config).num_params()``.
 
-    Introduced in {doc}`/book/part1/07-gpt-model`.
+    Introduced in {doc}`/book/part1/10-counting`.
     """
     C, L, V, T = config.n_embd, config.n_layer, config.vocab_size, config.block_size
     if config.norm == "none":
@@ -88,7 +88,7 @@ def flops_per_token(config: ModelConfig, *, seq_len: int | None = None) -> int:
     :param seq_len: the sequence length $T$ (defaults to ``block_size``).
     :returns: FLOPs per token for one training step.
 
-    Introduced in {doc}`/book/part1/07-gpt-model`.
+    Introduced in {doc}`/book/part1/10-counting`.
     """
     C, L, V = config.n_embd, config.n_layer, config.vocab_size
     T = config.block_size if seq_len is None else seq_len

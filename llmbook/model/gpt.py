@@ -65,7 +65,7 @@ class GPT(nn.Module):
 
     :param config: the validated model config.
 
-    Introduced in {doc}`/book/part1/07-gpt-model`.
+    Introduced in {doc}`/book/part1/09-gpt-model`.
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -371,7 +371,7 @@ class GPT(nn.Module):
         :param output: what :meth:`forward` returned.
         :returns: metric name to value.
 
-        Introduced in {doc}`/book/part5/02-moe-layer`.
+        Introduced in {doc}`/book/part5/03-moe-layer`.
         """
         return moe_metrics(output.moe)
 

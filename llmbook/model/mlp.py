@@ -18,7 +18,7 @@ class MLP(nn.Module):
 
     :param config: the model config (uses ``n_embd``, ``bias``, ``dropout``).
 
-    Introduced in {doc}`/book/part1/05-feed-forward`.
+    Introduced in {doc}`/book/part1/06-feed-forward`.
     """
 
     def __init__(self, config: ModelConfig) -> None:

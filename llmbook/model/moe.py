@@ -36,7 +36,7 @@ class MoEStats(NamedTuple):
     Everything lives on the input's device and is computed fresh by each call: nothing is stored on
     the module, so the numbers always describe the call that returned them.
 
-    Introduced in {doc}`/book/part5/02-moe-layer`.
+    Introduced in {doc}`/book/part5/02-moe-balancing`.
     """
 
     aux_loss: torch.Tensor
@@ -67,7 +67,7 @@ class Router(nn.Module):
     :param noise_std: the scale of the logit noise while training (0: none).
     :param renormalize: renormalise the k chosen probabilities to sum to 1.
 
-    Introduced in {doc}`/book/part5/02-moe-layer`.
+    Introduced in {doc}`/book/part5/01-moe-theory`.
     """
 
     def __init__(
@@ -116,7 +116,7 @@ class Expert(nn.Module):
     :param hidden: the expert's hidden width.
     :param bias: add biases to the projections.
 
-    Introduced in {doc}`/book/part5/02-moe-layer`.
+    Introduced in {doc}`/book/part5/03-moe-layer`.
     """
 
     def __init__(self, n_embd: int, hidden: int, *, bias: bool = False) -> None:
@@ -150,7 +150,7 @@ def load_balancing_loss(probs: torch.Tensor, indices: torch.Tensor, n_expert: in
     :param n_expert: E.
     :returns: the scalar loss.
 
-    Introduced in {doc}`/book/part5/01-moe-theory`.
+    Introduced in {doc}`/book/part5/02-moe-balancing`.
     """
     counts = torch.bincount(indices.reshape(-1), minlength=n_expert).to(probs.dtype)  # (E,)
     f = counts / indices.numel()
@@ -166,7 +166,7 @@ def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
     :param logits: ``(N, E)`` router logits.
     :returns: the scalar loss.
 
-    Introduced in {doc}`/book/part5/01-moe-theory`.
+    Introduced in {doc}`/book/part5/02-moe-balancing`.
     """
     z = logits.to(torch.promote_types(logits.dtype, torch.float32))
     return torch.logsumexp(z, dim=-1).square().mean()
@@ -181,7 +181,7 @@ def expert_capacity(n_tokens: int, n_expert: int, top_k: int, capacity_factor: f
     :param capacity_factor: head-room over a perfectly even split.
     :returns: the capacity.
 
-    Introduced in {doc}`/book/part5/02-moe-layer`.
+    Introduced in {doc}`/book/part5/02-moe-balancing`.
     """
     return math.ceil(capacity_factor * n_tokens * top_k / n_expert)
 
@@ -212,7 +212,7 @@ class MoE(nn.Module):
     :param renormalize: renormalise the chosen gates (Mixtral) or keep raw probabilities (Switch).
     :param bias: biases in the experts' projections.
 
-    Introduced in {doc}`/book/part5/02-moe-layer`.
+    Introduced in {doc}`/book/part5/03-moe-layer`.
     """
 
     def __init__(
@@ -298,7 +298,7 @@ def moe_metrics(stats: Sequence[MoEStats] | None) -> dict[str, float]:
         :attr:`~llmbook.model.gpt.GPTOutput.moe`; None or empty for a dense model.
     :returns: metric name to value (empty for a dense model).
 
-    Introduced in {doc}`/book/part5/02-moe-layer`.
+    Introduced in {doc}`/book/part5/03-moe-layer`.
     """
     if not stats:
         return {}

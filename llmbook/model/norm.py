@@ -20,7 +20,7 @@ class LayerNorm(nn.Module):
     :param eps: added to the variance before the square root.
     :param bias: whether to learn the shift $\beta$.
 
-    Introduced in {doc}`/book/part1/06-residual-layernorm`.
+    Introduced in {doc}`/book/part1/07-residual-layernorm`.
     """
 
     def __init__(self, dim: int, *, eps: float = 1e-5, bias: bool = True) -> None:

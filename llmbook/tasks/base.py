@@ -57,7 +57,7 @@ def completion_text(completion: str | bytes) -> str:
     :returns: the text.
     :raises TypeError: for anything else.
 
-    Introduced in {doc}`/book/part6/04-evaluation`.
+    Introduced in {doc}`/book/part6/06-evaluation`.
     """
     if isinstance(completion, (bytes, bytearray, memoryview)):
         return bytes(completion).decode("utf-8", errors="replace")
@@ -72,7 +72,7 @@ def answer_part(text: str) -> str:
     :param text: the completion text.
     :returns: the stripped text (``"85"`` for ``" 85.\\n"``).
 
-    Introduced in {doc}`/book/part6/04-evaluation`.
+    Introduced in {doc}`/book/part6/06-evaluation`.
     """
     text = text.strip()
     return text[:-1] if text.endswith(".") else text
@@ -87,7 +87,7 @@ def canonical_int(text: str) -> str | None:
     :param text: an answer part.
     :returns: the canonical integer string, or ``None``.
 
-    Introduced in {doc}`/book/part6/04-evaluation`.
+    Introduced in {doc}`/book/part6/06-evaluation`.
     """
     if _PLAIN_INT.fullmatch(text):
         return text
@@ -210,7 +210,7 @@ class Task:
         :param completion: the model's output (``bytes`` are decoded with ``errors="replace"``).
         :returns: 1.0 or 0.0.
 
-        Introduced in {doc}`/book/part6/04-evaluation`.
+        Introduced in {doc}`/book/part6/06-evaluation`.
         """
         got = self.canonical(problem, answer_part(completion_text(completion)))
         gold = self.canonical(problem, self.answer(problem))
@@ -244,7 +244,7 @@ class Task:
         :param completion: the model's output, ``str`` or ``bytes``.
         :returns: one of :data:`FAILURE_KINDS`.
 
-        Introduced in {doc}`/book/part6/04-evaluation`.
+        Introduced in {doc}`/book/part6/06-evaluation`.
         """
         text = completion_text(completion)
         if not text.strip():
@@ -310,7 +310,7 @@ def verify(example: Example, completion: str | bytes) -> float:
     :param completion: the model's output, ``str`` or ``bytes``.
     :returns: 1.0 when the answer is the gold one in an allowed format, else 0.0.
 
-    Introduced in {doc}`/book/part6/04-evaluation`.
+    Introduced in {doc}`/book/part6/06-evaluation`.
     """
     return get_task(example.task).verify(example.problem, completion)
 
@@ -322,6 +322,6 @@ def classify_failure(example: Example, completion: str | bytes) -> str:
     :param completion: the model's output, ``str`` or ``bytes``.
     :returns: one of :data:`FAILURE_KINDS`.
 
-    Introduced in {doc}`/book/part6/04-evaluation`.
+    Introduced in {doc}`/book/part6/07-failures`.
     """
     return get_task(example.task).classify(example.problem, completion)

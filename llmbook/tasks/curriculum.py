@@ -37,7 +37,7 @@ def difficulty_score(example: Example) -> float:
     :returns: the score.
     :raises ValueError: naming ``difficulty`` when the example's level is not one of its task's.
 
-    Introduced in {doc}`/book/part6/03-curriculum`.
+    Introduced in {doc}`/book/part6/05-curriculum`.
     """
     task = get_task(example.task)
     trained = sorted(task.difficulties)
@@ -97,7 +97,7 @@ def order_examples(
     :returns: the ordered examples (a new list).
     :raises ValueError: naming ``schedule``, ``stages`` or ``replay`` when it is invalid.
 
-    Introduced in {doc}`/book/part6/03-curriculum`.
+    Introduced in {doc}`/book/part6/05-curriculum`.
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule: {schedule!r} is not one of {SCHEDULES}")

@@ -238,7 +238,7 @@ def task_examples(
     :returns: the examples, cell by cell (tasks in the given order, levels ascending).
     :raises ValueError: naming ``tasks``, ``n_per_cell``, ``split`` or ``difficulties`` when invalid.
 
-    Introduced in {doc}`/book/part6/04-evaluation`.
+    Introduced in {doc}`/book/part6/06-evaluation`.
     """
     if tasks is None:
         tasks = sorted(TASKS)

@@ -42,7 +42,7 @@ def canonical_word(text: str) -> str | None:
     :param text: an answer part.
     :returns: the lowercased word, or ``None`` when ``text`` is not one or more ASCII letters.
 
-    Introduced in {doc}`/book/part6/04-evaluation`.
+    Introduced in {doc}`/book/part6/06-evaluation`.
     """
     return text.lower() if _WORD.fullmatch(text) else None
 

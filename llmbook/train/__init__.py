@@ -1,7 +1,7 @@
 """Training: losses, the optimizer, schedules, the loop and evaluation; accumulation, mixed precision,
 checkpoints, logging and data parallelism.
 
-Introduced in {doc}`/book/part2/04-training-loop`; Part 4 scales it up.
+Introduced in {doc}`/book/part2/06-training-loop`; Part 4 scales it up.
 """
 
 from llmbook.train.checkpoint import (

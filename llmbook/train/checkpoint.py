@@ -53,7 +53,7 @@ PREFIX = "step-"
 class CheckpointMismatchError(CheckpointError):
     """A readable checkpoint that was written for a different model or training config.
 
-    Introduced in {doc}`/book/part4/04-checkpointing`.
+    Introduced in {doc}`/book/part4/08-checkpoint-files`.
     """
 
 
@@ -61,7 +61,7 @@ class CheckpointMismatchError(CheckpointError):
 class TrainingState:
     """What a loaded checkpoint hands back to the training loop (the rest is restored in place).
 
-    Introduced in {doc}`/book/part4/04-checkpointing`.
+    Introduced in {doc}`/book/part4/08-checkpoint-files`.
     """
 
     step: int
@@ -150,7 +150,7 @@ def save_training_state(
     :param keep_last: keep this many newest checkpoints and delete older ones (0 keeps all).
     :returns: the checkpoint directory.
 
-    Introduced in {doc}`/book/part4/04-checkpointing`.
+    Introduced in {doc}`/book/part4/08-checkpoint-files`.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -246,7 +246,7 @@ def load_training_state(
     :returns: the step and history to continue from.
     :raises CheckpointError: for a missing, corrupt or mismatched checkpoint.
 
-    Introduced in {doc}`/book/part4/04-checkpointing`.
+    Introduced in {doc}`/book/part4/08-checkpoint-files`.
     """
     directory = Path(directory)
     meta = read_meta(directory)
@@ -319,7 +319,7 @@ def load_latest(root: str | Path, **kwargs) -> TrainingState | None:
     :returns: the restored state, or None when there is no checkpoint.
     :raises CheckpointError: when checkpoints exist but none can be loaded, or one is for another config.
 
-    Introduced in {doc}`/book/part4/04-checkpointing`.
+    Introduced in {doc}`/book/part4/08-checkpoint-files`.
     """
     candidates = list_checkpoints(root)
     rank, _ = world()

@@ -22,7 +22,7 @@ import torch.distributed as dist
 class DistInfo:
     """Where this process sits in the job.
 
-    Introduced in {doc}`/book/part4/06-distributed`.
+    Introduced in {doc}`/book/part4/12-ddp-fsdp`.
     """
 
     rank: int
@@ -48,7 +48,7 @@ def init_distributed(backend: str | None = None) -> DistInfo:
     :param backend: ``"gloo"`` or ``"nccl"``; default NCCL with CUDA, else gloo.
     :returns: this process's :class:`DistInfo`.
 
-    Introduced in {doc}`/book/part4/06-distributed`.
+    Introduced in {doc}`/book/part4/12-ddp-fsdp`.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
@@ -87,7 +87,7 @@ def shard(batch_size: int, rank: int, world_size: int) -> slice:
     :returns: the slice of rows for ``rank``.
     :raises ValueError: when the batch does not split evenly.
 
-    Introduced in {doc}`/book/part4/06-distributed`.
+    Introduced in {doc}`/book/part4/11-data-parallelism`.
     """
     if batch_size % world_size:
         raise ValueError(
@@ -117,7 +117,7 @@ def any_rank(flag: bool) -> bool:
     :param flag: this process's answer.
     :returns: True when at least one rank passed True.
 
-    Introduced in {doc}`/book/part4/06-distributed`.
+    Introduced in {doc}`/book/part4/12-ddp-fsdp`.
     """
     if world()[1] == 1:
         return flag

@@ -16,7 +16,7 @@ from llmbook.train.loss import bits_per_byte
 class EvalResult:
     """Loss of a model over a token stream.
 
-    Introduced in {doc}`/book/part2/06-evaluation`.
+    Introduced in {doc}`/book/part2/09-evaluation`.
     """
 
     loss: float
@@ -65,7 +65,7 @@ def evaluate(
     :returns: the :class:`EvalResult`.
     :raises ValueError: when ``n_bytes`` is not a positive integer.
 
-    Introduced in {doc}`/book/part2/06-evaluation`.
+    Introduced in {doc}`/book/part2/09-evaluation`.
     """
     if n_bytes is not None and (
         isinstance(n_bytes, bool) or not isinstance(n_bytes, int) or n_bytes < 1

@@ -25,7 +25,7 @@ class TrainLogger:
     Subclasses override what their back end supports. A logger is a context manager: leaving the
     ``with`` block calls :meth:`close`.
 
-    Introduced in {doc}`/book/part4/05-logging`.
+    Introduced in {doc}`/book/part4/09-logging`.
     """
 
     def log_scalars(self, step: int, values: dict[str, float]) -> None:
@@ -76,7 +76,7 @@ class TensorBoardLogger(TrainLogger):
         such as ``"auto"``, or a number of equal-width bins between each tensor's min and max.
     :param flush_secs: write buffered events to disk at least this often (seconds).
 
-    Introduced in {doc}`/book/part4/05-logging`.
+    Introduced in {doc}`/book/part4/09-logging`.
     """
 
     def __init__(
@@ -144,7 +144,7 @@ class WandbLogger(TrainLogger):
     :param run_name: a display name for the run.
     :raises ImportError: when ``wandb`` is not installed, with the command that installs it.
 
-    Introduced in {doc}`/book/part4/05-logging`.
+    Introduced in {doc}`/book/part4/09-logging`.
     """
 
     def __init__(
@@ -213,7 +213,7 @@ class MultiLogger(TrainLogger):
 
     :param loggers: the loggers, called in order.
 
-    Introduced in {doc}`/book/part4/05-logging`.
+    Introduced in {doc}`/book/part4/09-logging`.
     """
 
     def __init__(self, *loggers: TrainLogger) -> None:
@@ -275,7 +275,7 @@ class HistogramRecord:
     TensorBoard stores only right bucket edges: bucket ``i`` counts the values in
     ``(bucket_limits[i-1], bucket_limits[i]]``; the first bucket is empty and marks the left edge.
 
-    Introduced in {doc}`/book/part4/05-logging`.
+    Introduced in {doc}`/book/part4/09-logging`.
     """
 
     step: int
@@ -334,7 +334,7 @@ def read_scalars(log_dir: str | Path) -> dict[str, tuple[list[int], list[float]]
     :param log_dir: the directory a :class:`TensorBoardLogger` wrote to.
     :returns: tag -> ``(steps, values)``, in the order logged; values are float32 rounded.
 
-    Introduced in {doc}`/book/part4/05-logging`.
+    Introduced in {doc}`/book/part4/09-logging`.
     """
     acc = _accumulator(log_dir)
     out = {}
@@ -352,7 +352,7 @@ def read_histograms(log_dir: str | Path, tag: str) -> list[HistogramRecord]:
     :returns: one :class:`HistogramRecord` per logged step, in order.
     :raises KeyError: when no histogram has that tag.
 
-    Introduced in {doc}`/book/part4/05-logging`.
+    Introduced in {doc}`/book/part4/10-reading-logs`.
     """
     acc = _accumulator(log_dir)
     if tag not in acc.Tags()["histograms"]:
@@ -381,7 +381,7 @@ def read_text(log_dir: str | Path, tag: str) -> tuple[list[int], list[str]]:
     :returns: ``(steps, texts)``, in the order logged.
     :raises KeyError: when no text has that tag.
 
-    Introduced in {doc}`/book/part4/05-logging`.
+    Introduced in {doc}`/book/part4/09-logging`.
     """
     acc = _accumulator(log_dir)
     key = f"{tag}/text_summary"  # the tag SummaryWriter.add_text files text under

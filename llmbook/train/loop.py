@@ -35,7 +35,7 @@ class TrainConfig:
     meaning for infinity (``grad_clip=0``, not ``inf``, turns clipping off). A bad value raises a
     :class:`ValueError` whose message starts with the field name.
 
-    Introduced in {doc}`/book/part2/04-training-loop`.
+    Introduced in {doc}`/book/part2/06-training-loop`.
     """
 
     max_steps: int = 2000
@@ -146,7 +146,7 @@ class TrainConfig:
 class History:
     """What a training run recorded.
 
-    Introduced in {doc}`/book/part2/04-training-loop`.
+    Introduced in {doc}`/book/part2/06-training-loop`.
     """
 
     steps: list[int] = field(default_factory=list)
@@ -204,7 +204,7 @@ def autocast(precision: str, device: torch.device | str):
     :param device: the device the forward pass runs on.
     :returns: a context manager (a no-op for ``"float32"``).
 
-    Introduced in {doc}`/book/part4/02-accumulation-precision`.
+    Introduced in {doc}`/book/part4/04-mixed-precision`.
     """
     device = torch.device(device)
     if precision == "float32":
@@ -252,7 +252,7 @@ def accumulate_gradients(
     :returns: this process's share of the global mean loss, times the world size (detached, fp32):
         summed over processes and divided by the world size it is the batch's mean loss.
 
-    Introduced in {doc}`/book/part4/02-accumulation-precision`.
+    Introduced in {doc}`/book/part4/03-accumulation`.
     """
     return _accumulate(
         net,
@@ -361,7 +361,7 @@ def train(
         would; the schedule still runs to ``config.max_steps``, and a later call resumes.
     :returns: the :class:`History` (of the whole run, including steps before a resume).
 
-    Introduced in {doc}`/book/part2/04-training-loop`; accumulation, precision, resuming, logging and
+    Introduced in {doc}`/book/part2/06-training-loop`; accumulation, precision, resuming, logging and
     DDP in Part 4.
     """
     from llmbook.train.checkpoint import load_latest, save_training_state

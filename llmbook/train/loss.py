@@ -74,7 +74,7 @@ def bits_per_byte(
     :param n_bytes: number of bytes those tokens span.
     :returns: bits per byte.
 
-    Introduced in {doc}`/book/part2/03-loss`.
+    Introduced in {doc}`/book/part2/04-baselines`.
     """
     ratio = 1.0 if n_tokens is None else n_tokens / n_bytes
     return loss_nats * ratio / math.log(2)

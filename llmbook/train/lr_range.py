@@ -28,7 +28,7 @@ descent of an LR range test (see :func:`lr_range_test`)."""
 class LRRangeResult:
     """What an LR range test recorded, and the rate it suggests.
 
-    Introduced in {doc}`/book/part4/03-schedules`.
+    Introduced in {doc}`/book/part4/06-schedules-in-practice`.
     """
 
     lrs: list[float]
@@ -168,7 +168,7 @@ def lr_range_test(
     :raises ValueError: for an invalid argument (NaN and infinity included), naming it.
     :raises FloatingPointError: when the very first loss is not finite (nothing to suggest from).
 
-    Introduced in {doc}`/book/part4/03-schedules`.
+    Introduced in {doc}`/book/part4/06-schedules-in-practice`.
     """
     _check(
         min_lr=min_lr,

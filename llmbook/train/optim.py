@@ -50,7 +50,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     :param weight_decay: decoupled weight decay for the matrices.
     :returns: two groups for :class:`torch.optim.AdamW`.
 
-    Introduced in {doc}`/book/part2/04-training-loop`.
+    Introduced in {doc}`/book/part2/05-optimizer`.
     """
     decay, no_decay = [], []
     for p in model.parameters():  # parameters() yields a tied tensor once
@@ -82,7 +82,7 @@ def build_optimizer(
     :raises ValueError: for a setting that is not finite or out of range
         (see :func:`check_adamw_arguments`).
 
-    Introduced in {doc}`/book/part2/04-training-loop`.
+    Introduced in {doc}`/book/part2/05-optimizer`.
     """
     check_adamw_arguments(lr=lr, weight_decay=weight_decay, betas=betas, eps=eps)
     # fused: the whole update in one kernel per group (CPU and CUDA), instead of a Python loop over
@@ -103,7 +103,7 @@ def check_optimizer_fields(config) -> None:
         :class:`~llmbook.align.sft.SFTConfig`).
     :raises ValueError: one line that starts with the field name.
 
-    Introduced in {doc}`/book/part2/04-training-loop`.
+    Introduced in {doc}`/book/part2/05-optimizer`.
     """
     if not config.lr > 0:
         raise ValueError(f"lr: must be positive, got {config.lr!r}")

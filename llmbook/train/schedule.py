@@ -46,7 +46,7 @@ def warmup_cosine(
     :raises ValueError: for a negative or non-integer step count, or a rate that is not finite or
         not in order ($0 \le \eta_\min \le \eta_\max$).
 
-    Introduced in {doc}`/book/part2/04-training-loop`.
+    Introduced in {doc}`/book/part2/05-optimizer`.
     """
     _check_steps(step=step, warmup_steps=warmup_steps, total_steps=total_steps)
     _check_rates(max_lr, min_lr)
@@ -71,7 +71,7 @@ def constant(step: int, *, max_lr: float, warmup_steps: int = 0) -> float:
     :returns: the learning rate for this step.
     :raises ValueError: for a negative or non-integer step count, or a rate that is not finite.
 
-    Introduced in {doc}`/book/part4/03-schedules`.
+    Introduced in {doc}`/book/part4/05-schedules`.
     """
     _check_steps(step=step, warmup_steps=warmup_steps)
     _check_rates(max_lr)
@@ -111,7 +111,7 @@ def warmup_stable_decay(
     :raises ValueError: for a negative or non-integer step count, ``decay_steps`` out of range, or a
         rate that is not finite or not in order.
 
-    Introduced in {doc}`/book/part4/03-schedules`.
+    Introduced in {doc}`/book/part4/05-schedules`.
     """
     _check_steps(step=step, warmup_steps=warmup_steps, total_steps=total_steps)
     _check_rates(max_lr, min_lr)
@@ -159,7 +159,7 @@ def learning_rate(
     :raises ValueError: for an unknown schedule name, a ``decay_fraction`` outside (0, 1], or an
         invalid step or rate (see the schedules).
 
-    Introduced in {doc}`/book/part4/03-schedules`.
+    Introduced in {doc}`/book/part4/05-schedules`.
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule: must be one of {SCHEDULES}, got {schedule!r}")

@@ -1,6 +1,6 @@
 """The zoo: named recipes, and checkpoints shared between chapters.
 
-Introduced in {doc}`/book/part2/04-training-loop`.
+Introduced in {doc}`/book/part2/06-training-loop`.
 """
 
 from llmbook.zoo.checkpoint import CheckpointError, load_weights, read_meta, save_checkpoint

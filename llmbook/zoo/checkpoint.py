@@ -76,7 +76,7 @@ def check_shapes(directory: str | Path, config: ModelConfig, reward: dict | None
     :param reward: see :func:`build_model`.
     :raises CheckpointError: when the header is unreadable, or a name or shape differs.
 
-    Introduced in {doc}`/book/part2/04-training-loop`.
+    Introduced in {doc}`/book/part2/06-training-loop`.
     """
     path = Path(directory) / WEIGHTS
     check_fits(read_header(path), meta_model(config, reward), path)

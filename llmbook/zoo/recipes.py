@@ -43,7 +43,7 @@ class Recipe:
     ``profiles[p]["train"]`` override them. The ``cpu`` profile trains in minutes on two cores; the
     ``gpu`` profile is the full-size run.
 
-    Introduced in {doc}`/book/part2/04-training-loop`.
+    Introduced in {doc}`/book/part2/06-training-loop`.
     """
 
     name: str
@@ -89,7 +89,7 @@ class Recipe:
 class ResolvedRecipe:
     """A recipe with one profile applied: concrete configs and the hash that keys its checkpoint.
 
-    Introduced in {doc}`/book/part2/04-training-loop`.
+    Introduced in {doc}`/book/part2/06-training-loop`.
     """
 
     recipe: Recipe
@@ -291,7 +291,7 @@ def resolve(
     :raises ValueError: for an unknown profile or an invalid config field, or a corpus without a
         registered sha256.
 
-    Introduced in {doc}`/book/part2/04-training-loop`.
+    Introduced in {doc}`/book/part2/06-training-loop`.
     """
     if name not in RECIPES:
         raise KeyError(f"unknown recipe {name!r}; known recipes: {sorted(RECIPES)}")
@@ -533,7 +533,7 @@ register(
         },
         model={"vocab_size": 262, "block_size": 128},
         # Every task, with the two the targets name (2-digit addition, reversal) weighted up: they
-        # need the most steps to learn (Part 6.4 measures what each task reaches).
+        # need the most steps to learn (Part 6.6 measures what each task reaches).
         train={"block_size": 128, "seed": 0, "tasks": {**SFT_MIXTURE}},
         profiles={
             "cpu": {

@@ -45,7 +45,7 @@ except ImportError:  # Windows: no advisory locks; concurrent runs of one recipe
 class ZooModel:
     """A model from the zoo, with everything needed to use it.
 
-    Introduced in {doc}`/book/part2/04-training-loop`.
+    Introduced in {doc}`/book/part2/06-training-loop`.
     """
 
     model: GPT
@@ -100,7 +100,7 @@ def load_checkpoint(
     :returns: ``(model in eval mode, meta)``.
     :raises CheckpointError: when the checkpoint is missing, corrupt or inconsistent.
 
-    Introduced in {doc}`/book/part2/04-training-loop`.
+    Introduced in {doc}`/book/part2/06-training-loop`.
     """
     meta = read_meta(directory)
     try:
@@ -559,7 +559,7 @@ def load_or_train(
     :returns: the :class:`ZooModel`.
     :raises llmbook.paths.CacheDirError: when the cache directory cannot be written (checked first).
 
-    Introduced in {doc}`/book/part2/04-training-loop`.
+    Introduced in {doc}`/book/part2/06-training-loop`.
     """
     recipe = resolve(name, profile)
     if device is None:

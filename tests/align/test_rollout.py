@@ -56,7 +56,7 @@ def test_recomputed_logps_equal_the_sampled_ones_before_the_update():
     batch = rollout(ac, ref, rm, CHAT, EXAMPLES, max_new_tokens=6, generator=torch.Generator())
     assert ac.training  # the rollout put the mode back
     assert recompute_matches(ac, batch) < 1e-5
-    # The same through the package's sequence log-probs (Part 2.5), column for column.
+    # The same through the package's sequence log-probs (Part 2.8), column for column.
     full = sequence_logprobs(ac.policy, batch.sequences, batch.attention_mask)
     P = batch.prompt_length
     torch.testing.assert_close(full[:, P - 1 :] * batch.mask, batch.logps, atol=1e-5, rtol=0)

@@ -1,4 +1,4 @@
-"""Gradient accumulation and mixed precision (Part 4.2)."""
+"""Gradient accumulation and mixed precision (Parts 4.3 and 4.4)."""
 
 import math
 

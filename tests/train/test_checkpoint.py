@@ -1,4 +1,4 @@
-"""Training checkpoints: bit-exact resume, atomic writes, keep-last-N, clear refusals (Part 4.4)."""
+"""Training checkpoints: bit-exact resume, atomic writes, keep-last-N, clear refusals (Parts 4.7 and 4.8)."""
 
 import json
 import subprocess
