@@ -204,7 +204,7 @@ def recipe_tokenizer(recipe: Recipe, text: str):
     :param text: the corpus text.
     :returns: the tokenizer.
 
-    Introduced in {doc}`/book/part4/01-bpe`.
+    Introduced in {doc}`/book/part4/02-bpe-vocabulary`.
     """
     spec = recipe.tokenizer
     if not is_learned(spec):
