@@ -176,11 +176,8 @@ def _load_cached(directory: Path, recipe: ResolvedRecipe, device: torch.device) 
         _expect(directory, "recipe key", meta.get("key"), recipe.key)
         _expect(directory, "model config", meta.get("model"), recipe.model_config.to_dict())
         if is_learned(recipe.recipe.tokenizer):
-            # Learned at training time: the key covers the description, the corpus and the code
-            # that learned it, so the stored tokenizer is the one this recipe makes.
-            _expect(
-                directory, "tokenizer", meta["recipe"].get("tokenizer"), recipe.recipe.tokenizer
-            )
+            # Learned at training time: the recipe key checked above covers the description, the
+            # corpus and the code that learned it, so the stored tokenizer is the one this recipe makes.
             tokenizer = _tokenizer_of(directory, meta)
         else:
             tokenizer = tokenizer_from_dict(recipe.recipe.tokenizer)

@@ -7,7 +7,7 @@ import pytest
 from llmbook.data.corpora import fallback_text
 from llmbook.tokenizer.bpe import BPETokenizer
 from llmbook.zoo import recipes
-from llmbook.zoo.recipes import RECIPES, Recipe, check_tokenizer_spec, recipe_tokenizer, register
+from llmbook.zoo.recipes import RECIPES, check_tokenizer_spec, recipe_tokenizer, register
 from llmbook.zoo.registry import load_or_train
 from tests.conftest import TOY_TEXT
 
@@ -96,4 +96,18 @@ def test_the_book_recipes_bos_id_is_its_learned_tokenizers_on_the_fallback_corpu
     tok = recipe_tokenizer(recipe, fallback_text())
     assert tok.vocab_size == recipe.model["vocab_size"]
     assert tok.bos_id == recipe.train["bos_id"]
-    assert isinstance(recipe, Recipe)
+
+
+def test_an_unreadable_learned_tokenizer_is_moved_aside_and_retrained(bpe_toy):
+    import json
+
+    from llmbook.storage import CheckpointWarning
+
+    first = load_or_train("toy", "cpu", progress=False)
+    meta_path = first.path / "checkpoint.json"
+    meta = json.loads(meta_path.read_text())
+    meta["tokenizer"] = {"type": "nope"}
+    meta_path.write_text(json.dumps(meta))
+    with pytest.warns(CheckpointWarning, match="invalid tokenizer"):
+        again = load_or_train("toy", "cpu", progress=False)
+    assert again.trained_now and again.tokenizer.to_dict() == first.tokenizer.to_dict()
