@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, fields
 from typing import Any, TypeVar
 
-H = TypeVar("H", bound="HistoryRecord")
+_H = TypeVar("_H", bound="HistoryRecord")
 
 
 class HistoryRecord:
@@ -25,7 +25,7 @@ class HistoryRecord:
         return asdict(self)  # type: ignore[call-overload]
 
     @classmethod
-    def from_dict(cls: type[H], data: dict[str, Any]) -> H:
+    def from_dict(cls: type[_H], data: dict[str, Any]) -> _H:
         """Rebuild a history saved with :meth:`to_dict`.
 
         :param data: what :meth:`to_dict` returned (every field present).

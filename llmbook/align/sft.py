@@ -11,11 +11,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
 from torch import nn
 
+from llmbook.adapt.lora import DEFAULT_TARGETS, inject_lora, lora_layers, merge_lora
+from llmbook.adapt.token_rows import merge_rows, train_rows
 from llmbook.align.batching import MODES, iterate_batches, to_dataset
 from llmbook.align.chat import ChatFormat, chat_tokenizer
 from llmbook.align.history import HistoryRecord
@@ -79,6 +82,13 @@ class SFTConfig:
     """Measure the validation loss every this many steps (0: only at the end)."""
     eval_examples: int = 256
     """Validation examples for the loss estimate."""
+    lora_rank: int = 0
+    """0: full fine-tuning. ``r >= 1``: low-rank adapters of rank ``r`` on ``lora_targets`` and the
+    new chat tokens' rows are all that trains (see :func:`prepare_lora`)."""
+    lora_alpha: float = 16.0
+    r"""LoRA's $\alpha$: the adapter's update is scaled by $\alpha / r$."""
+    lora_targets: list = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    """The projections that get adapters (names as in :func:`llmbook.adapt.lora.inject_lora`)."""
     seed: int = 0
     """Seed of the example draw, the order and anything random in the model."""
 
@@ -110,9 +120,13 @@ class SFTConfig:
         for name in ("max_steps", "batch_size", "eval_examples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be a positive integer, got {getattr(self, name)}")
-        for name in ("warmup_steps", "eval_interval", "seed"):
+        for name in ("warmup_steps", "eval_interval", "seed", "lora_rank"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if not self.lora_alpha > 0:
+            raise ValueError(f"lora_alpha: must be > 0, got {self.lora_alpha!r}")
+        if not isinstance(self.lora_targets, list) or not self.lora_targets:
+            raise ValueError(f"lora_targets: must be a non-empty list, got {self.lora_targets!r}")
         check_optimizer_fields(self)
         for name, allowed in (
             ("reduction", REDUCTIONS),
@@ -162,6 +176,10 @@ class SFTHistory(HistoryRecord):
     """Wall time in optimizer steps."""
     padding_fraction: float = 0.0
     """Share of the token slots that held padding over the run."""
+    trainable_parameters: int = 0
+    """How many numbers the optimizer updated."""
+    optimizer_state_bytes: int = 0
+    """The optimizer's state (AdamW's two moments) after the first step, in bytes."""
 
 
 def prepare_model(model: nn.Module, tokenizer, *, block_size: int) -> tuple[nn.Module, ChatFormat]:
@@ -193,6 +211,66 @@ def prepare_model(model: nn.Module, tokenizer, *, block_size: int) -> tuple[nn.M
     grow_vocab(model, chat.tokenizer.vocab_size)
     model.config = dataclasses.replace(model.config, block_size=block_size)
     return model, chat
+
+
+def prepare_lora(model: nn.Module, config: SFTConfig, new_tokens: Sequence[int]) -> list[str]:
+    """Make a prepared model train LoRA adapters and the new tokens' rows only, in place.
+
+    Every weight is frozen; the projections named by ``config.lora_targets`` get rank
+    ``config.lora_rank`` adapters (:func:`~llmbook.adapt.lora.inject_lora`), and the embedding and
+    head rows of ``new_tokens`` become trainable (:func:`~llmbook.adapt.token_rows.train_rows`):
+    a frozen model could not learn to read or write the chat tokens it has never seen. Undo with
+    :func:`merge_lora_model` after training.
+
+    :param model: a model prepared by :func:`prepare_model`.
+    :param config: the config (``lora_rank >= 1``).
+    :param new_tokens: the ids :func:`prepare_model` added.
+    :returns: the names of the adapted projections.
+    :raises ValueError: naming ``lora_rank`` when it is 0.
+
+    Introduced in {doc}`/book/part10/02-lora`.
+    """
+    if config.lora_rank < 1:
+        raise ValueError("lora_rank: prepare_lora needs a rank >= 1 (0 is full fine-tuning)")
+    names = inject_lora(
+        model,
+        r=config.lora_rank,
+        alpha=config.lora_alpha,
+        targets=tuple(config.lora_targets),
+        seed=config.seed,
+    )
+    train_rows(model, list(new_tokens))
+    return names
+
+
+def merge_lora_model(model: nn.Module) -> nn.Module:
+    """Fold adapters and trainable rows back into plain layers: a plain, fully trainable model again.
+
+    :param model: a model set up by :func:`prepare_lora` (any other model is returned unchanged).
+    :returns: the same model.
+
+    Introduced in {doc}`/book/part10/02-lora`.
+    """
+    if lora_layers(model):
+        merge_lora(model)
+    merge_rows(model)
+    return model.requires_grad_(True)
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """The bytes of the tensors an optimizer keeps per parameter (AdamW: two moments and a step).
+
+    :param optimizer: the optimizer, after at least one step.
+    :returns: bytes.
+
+    Introduced in {doc}`/book/part10/02-lora`.
+    """
+    return sum(
+        t.numel() * t.element_size()
+        for state in optimizer.state.values()
+        for t in state.values()
+        if isinstance(t, torch.Tensor)
+    )
 
 
 def sft_examples(config: SFTConfig, n: int, *, split: str, seed: int) -> list[Example]:
@@ -317,6 +395,7 @@ def train_sft(
         model, lr=config.lr, weight_decay=config.weight_decay, betas=(config.beta1, config.beta2)
     )
     history = SFTHistory()
+    history.trainable_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     batches = iterate_batches(
         dataset,
         batch_size=config.batch_size,
@@ -354,6 +433,8 @@ def train_sft(
         max_norm = config.grad_clip if config.grad_clip > 0 else float("inf")
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
         optimizer.step()
+        if step == 0:
+            history.optimizer_state_bytes = optimizer_state_bytes(optimizer)
         value = float(loss.detach())
         if not math.isfinite(value):
             raise FloatingPointError(f"loss became {value} at step {step}; lower lr")

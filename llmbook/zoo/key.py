@@ -31,6 +31,8 @@ TRAINING_SOURCES = (
     "tasks",
     "align",
     "generate",
+    "adapt/lora.py",
+    "adapt/token_rows.py",
     "zoo/recipes.py",
     "zoo/registry.py",
 )

@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from llmbook.align.dpo import DPOConfig
 from llmbook.align.grpo_config import GRPOConfig
 from llmbook.align.ppo_config import PPOConfig
+from llmbook.align.preference import REJECTION_KINDS
 from llmbook.align.reward import RewardConfig
 from llmbook.align.sft import SFTConfig
 from llmbook.data.corpora import CORPORA, Corpus, sha256_of
@@ -23,15 +25,16 @@ from llmbook.train.loop import TrainConfig
 from llmbook.zoo.key import source_digest, torch_minor
 
 PROFILES = ("cpu", "gpu")
-KINDS = ("lm", "sft", "reward", "ppo", "grpo")
-"""Recipe kinds: pretraining on a corpus, supervised fine-tuning of a parent recipe's model, a
-reward model trained on preference pairs from a parent (fine-tuned) model, a parent policy
-trained with PPO against a reward recipe's model, or a parent policy trained with GRPO."""
+KINDS = ("lm", "sft", "reward", "ppo", "grpo", "dpo")
+"""Recipe kinds: pretraining on a corpus, supervised fine-tuning of a parent recipe's model (with
+LoRA when its config says so), a reward model trained on preference pairs from a parent
+(fine-tuned) model, a parent policy trained with PPO against a reward recipe's model, a parent
+policy trained with GRPO, or a parent policy trained with DPO on preference pairs."""
 
-FINE_TUNED = ("sft", "reward", "ppo", "grpo")
+FINE_TUNED = ("sft", "reward", "ppo", "grpo", "dpo")
 """The kinds that start from a parent recipe's model."""
 
-CHAT_KINDS = ("sft", "ppo", "grpo")
+CHAT_KINDS = ("sft", "ppo", "grpo", "dpo")
 """The kinds whose model is a chat policy (it answers in the chat format)."""
 
 
@@ -74,7 +77,9 @@ class Recipe:
     with :func:`llmbook.align.ppo.train_ppo` against ``reward_model``'s model (Part 8), where
     ``train`` holds :class:`~llmbook.align.ppo_config.PPOConfig` fields; ``"grpo"``: the
     ``parent``'s model trained with :func:`llmbook.align.grpo.train_grpo` (Part 9), where ``train``
-    holds :class:`~llmbook.align.grpo_config.GRPOConfig` fields."""
+    holds :class:`~llmbook.align.grpo_config.GRPOConfig` fields; ``"dpo"``: the ``parent``'s model
+    trained with :func:`llmbook.align.dpo.train_dpo` (Part 10.1), where ``train`` holds
+    :class:`~llmbook.align.dpo.DPOConfig` fields."""
     parent: str | None = None
     """For a fine-tuning recipe, the recipe whose model it starts from (its key enters this one's)."""
     reward_model: str | None = None
@@ -314,6 +319,7 @@ def resolve(
             "sft": SFTConfig,
             "ppo": PPOConfig,
             "grpo": GRPOConfig,
+            "dpo": DPOConfig,
         }[recipe.kind]
         reward_model = None
         if recipe.reward_model is not None:
@@ -753,3 +759,84 @@ register(
         },
     )
 )
+
+
+# Part 10.1: DPO from the SFT model on preference pairs of the Part 7 tasks, the rejected answers
+# being the SFT model's own wrong answers. The SFT model is the frozen reference. Three seeds of the
+# clean pairs give the spread of the gain; the biased pairs (the longer answer wins 9 times in 10)
+# show what DPO learns from a length bias, with no reward model in between.
+DPO_TRAIN = {
+    "kinds": ["sample"],
+    "sample_temperature": 0.5,
+    "sample_examples": 12000,
+    "equal_share": 0.1,
+    "length_bias": 0.5,
+    "beta": 0.5,
+    "lr": 2e-4,
+    "min_lr": 2e-5,
+    "warmup_steps": 10,
+    "eval_interval": 25,
+    "eval_pairs": 256,
+    "eval_examples": 256,
+    "seed": 0,
+}
+"""The settings the DPO recipes share (the rest are :class:`~llmbook.align.dpo.DPOConfig`'s defaults)."""
+
+DPO_RUNS = {
+    "dpo": ("DPO on clean preference pairs", {}),
+    "dpo-seed1": ("the dpo recipe with seed 1", {"seed": 1}),
+    "dpo-seed2": ("the dpo recipe with seed 2", {"seed": 2}),
+    "dpo-biased": (
+        "DPO on length-biased preference pairs (the longer answer wins 90 %)",
+        {"length_bias": 0.9, "kinds": list(REJECTION_KINDS)},
+    ),
+}
+"""The DPO recipes: name to description and changes to the shared settings."""
+
+for _name, (_description, _changes) in DPO_RUNS.items():
+    register(
+        Recipe(
+            name=_name,
+            description=f"Part 10.1: {_description}",
+            corpus="tinyshakespeare",
+            kind="dpo",
+            parent="sft",
+            tokenizer=RECIPES["sft"].tokenizer,
+            train={**DPO_TRAIN, **_changes},
+            profiles={
+                # About two minutes on two cores, most of it sampling the SFT model's answers.
+                "cpu": {"train": {"max_steps": 150, "batch_size": 32}},
+                "gpu": {
+                    "model": {"dropout": 0.0},
+                    "train": {"max_steps": 600, "batch_size": 64, "sample_examples": 40000},
+                },
+            },
+        )
+    )
+
+
+# Part 10.2: the sft recipe's fine-tune with LoRA instead of full fine-tuning: the same base, data,
+# steps and batch; only rank-r adapters on the seven projections and the three new chat tokens' rows
+# train. Adapters learn with a larger step than full fine-tuning (their B starts at zero).
+LORA_RANKS = (1, 4, 16)
+"""The ranks of the ``lora-sft-r{r}`` recipes."""
+
+for _rank in LORA_RANKS:
+    _sft = RECIPES["sft"]
+    _profiles = copy.deepcopy(_sft.profiles)
+    for _profile in _profiles.values():
+        _profile["train"]["lr"] = 3 * _profile["train"]["lr"]
+        _profile["train"]["min_lr"] = 3 * _profile["train"]["min_lr"]
+    register(
+        Recipe(
+            name=f"lora-sft-r{_rank}",
+            description=f"Part 10.2: the sft recipe with rank-{_rank} LoRA adapters instead of full fine-tuning",
+            corpus="tinyshakespeare",
+            kind="sft",
+            parent="shakespeare-modern",
+            tokenizer=_sft.tokenizer,
+            model=dict(_sft.model),
+            train={**_sft.train, "lora_rank": _rank, "lora_alpha": 16.0},
+            profiles=_profiles,
+        )
+    )

@@ -231,6 +231,8 @@ def _train(
         return _train_ppo_policy(recipe, device, progress, partial, root)
     if recipe.recipe.kind == "grpo":
         return _train_grpo_policy(recipe, device, progress, partial, root)
+    if recipe.recipe.kind == "dpo":
+        return _train_dpo_policy(recipe, device, progress, root)
     tokenizer = recipe_tokenizer(recipe.recipe, corpus.text)
     bos = recipe.train_config.bos_id
     if bos is not None and bos != tokenizer.bos_id:  # e.g. a learned BPE that ran out of merges
@@ -286,17 +288,21 @@ def _fine_tune(recipe: ResolvedRecipe, device: torch.device, progress: bool, roo
     # Part 6: the parent recipe's model (from the zoo, trained first if missing), given the chat
     # tokens and a longer context, fine-tuned on the task mixture.
     from llmbook.align.evaluate import evaluate_tasks, task_examples
-    from llmbook.align.sft import prepare_model, train_sft
+    from llmbook.align.sft import merge_lora_model, prepare_lora, prepare_model, train_sft
 
     parent = _parent_model(recipe, device, progress, root)
     cfg = recipe.train_config
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
     block_size = cfg.block_size or parent.model.config.block_size
+    old_vocab = parent.model.config.vocab_size
     model, chat = prepare_model(parent.model, parent.tokenizer, block_size=block_size)
     if model.config.to_dict() != recipe.model_config.to_dict():
         raise RuntimeError("model: the prepared model's config differs from the recipe's")
+    if cfg.lora_rank:  # Part 10.2: adapters and the new tokens' rows train, the rest is frozen
+        prepare_lora(model, cfg, range(old_vocab, model.config.vocab_size))
     history = train_sft(model, chat, cfg, progress=progress)
+    merge_lora_model(model)
     report = evaluate_tasks(
         model, chat, task_examples(sorted(cfg.tasks), 32, split="val", seed=cfg.seed)
     )
@@ -314,6 +320,8 @@ def _fine_tune(recipe: ResolvedRecipe, device: torch.device, progress: bool, roo
             "train_seconds": history.train_seconds,
             "wall_seconds": time.perf_counter() - started,
             "padding_fraction": history.padding_fraction,
+            "trainable_parameters": history.trainable_parameters,
+            "optimizer_state_bytes": history.optimizer_state_bytes,
             "device": str(device),
             "torch_threads": torch.get_num_threads(),
         },
@@ -517,6 +525,43 @@ def _train_grpo_policy(
         started=started,
         device=device,
     )
+    return policy.eval(), chat.tokenizer, meta
+
+
+def _train_dpo_policy(recipe: ResolvedRecipe, device: torch.device, progress: bool, root):
+    # Part 10.1: the parent (SFT) policy trained with DPO on preference pairs whose "sample"
+    # rejections the policy itself writes (each round anew); the parent's weights are the reference.
+    from llmbook.align.chat import ChatFormat
+    from llmbook.align.dpo import train_dpo
+
+    parent = _parent_model(recipe, device, progress, root)
+    cfg = recipe.train_config
+    started = time.perf_counter()
+    chat = ChatFormat(parent.tokenizer)
+    policy = _policy_for(recipe, parent, device)
+    torch.manual_seed(cfg.seed)
+    history = train_dpo(policy, chat, cfg, progress=progress)
+    meta = {
+        "recipe": recipe.to_dict(),
+        "key": recipe.key,
+        "model": recipe.model_config.to_dict(),
+        "tokenizer": chat.tokenizer.to_dict(),
+        "corpus": dict(parent.meta.get("corpus", {})),
+        "parent": {"name": parent.recipe.recipe.name, "key": parent.recipe.key},
+        "metrics": {
+            "pair_accuracy": history.val_accuracy[-1],
+            "verifier_accuracy_start": history.verifier_accuracy[0],
+            "verifier_accuracy": history.verifier_accuracy[-1],
+            "kl": history.kl[-1],
+            "train_seconds": history.train_seconds,
+            "data_seconds": history.data_seconds,
+            "eval_seconds": history.eval_seconds,
+            "wall_seconds": time.perf_counter() - started,
+            "device": str(device),
+            "torch_threads": torch.get_num_threads(),
+        },
+        "history": history.to_dict(),
+    }
     return policy.eval(), chat.tokenizer, meta
 
 

@@ -45,7 +45,8 @@ def book_settings(confdir: Path) -> dict:
     sphinx = config["sphinx"]["config"]
     settings = {k: v for k, v in sphinx.items() if k.startswith("autodoc2_")}
     settings["autodoc2_packages"] = [
-        {**p, "path": os.path.relpath(ROOT / p["path"], confdir)} for p in settings["autodoc2_packages"]
+        {**p, "path": os.path.relpath(ROOT / p["path"], confdir)}
+        for p in settings["autodoc2_packages"]
     ]
     settings["autodoc2_output_dir"] = "api"
     settings.pop("autodoc2_index_template", None)

@@ -1,0 +1,1 @@
+"""Adapting a trained model after the fact: low-rank adapters (LoRA) and quantization (Part 10)."""
