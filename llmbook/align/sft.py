@@ -89,6 +89,9 @@ class SFTConfig:
     r"""LoRA's $\alpha$: the adapter's update is scaled by $\alpha / r$."""
     lora_targets: list = field(default_factory=lambda: list(DEFAULT_TARGETS))
     """The projections that get adapters (names as in :func:`llmbook.adapt.lora.inject_lora`)."""
+    lora_tokens: str = ""
+    """Text whose tokens' embedding and head rows train beside the adapters (and the new chat
+    tokens): tokens the base model hardly ever saw, such as the digits of a Shakespeare model."""
     seed: int = 0
     """Seed of the example draw, the order and anything random in the model."""
 
@@ -213,18 +216,35 @@ def prepare_model(model: nn.Module, tokenizer, *, block_size: int) -> tuple[nn.M
     return model, chat
 
 
-def prepare_lora(model: nn.Module, config: SFTConfig, new_tokens: Sequence[int]) -> list[str]:
-    """Make a prepared model train LoRA adapters and the new tokens' rows only, in place.
+def lora_rows(chat: ChatFormat, config: SFTConfig, base_vocab_size: int) -> list[int]:
+    """The token ids whose rows train in a LoRA fine-tune: the new chat tokens and ``lora_tokens``.
+
+    :param chat: the chat format of the prepared model.
+    :param config: the config.
+    :param base_vocab_size: the base model's vocabulary size (ids from it on are new).
+    :returns: sorted distinct ids.
+
+    Introduced in {doc}`/book/part10/02-lora`.
+    """
+    new = range(base_vocab_size, chat.tokenizer.vocab_size)
+    listed = (
+        chat.tokenizer.encode(config.lora_tokens, allowed_special=()) if config.lora_tokens else []
+    )
+    return sorted(set(new) | set(listed))
+
+
+def prepare_lora(model: nn.Module, config: SFTConfig, rows: Sequence[int]) -> list[str]:
+    """Make a prepared model train LoRA adapters and a few token rows only, in place.
 
     Every weight is frozen; the projections named by ``config.lora_targets`` get rank
     ``config.lora_rank`` adapters (:func:`~llmbook.adapt.lora.inject_lora`), and the embedding and
-    head rows of ``new_tokens`` become trainable (:func:`~llmbook.adapt.token_rows.train_rows`):
-    a frozen model could not learn to read or write the chat tokens it has never seen. Undo with
-    :func:`merge_lora_model` after training.
+    head rows of ``rows`` become trainable (:func:`~llmbook.adapt.token_rows.train_rows`): a frozen
+    model could not learn to read or write the chat tokens it has never seen (see
+    :func:`lora_rows`). Undo with :func:`merge_lora_model` after training.
 
     :param model: a model prepared by :func:`prepare_model`.
     :param config: the config (``lora_rank >= 1``).
-    :param new_tokens: the ids :func:`prepare_model` added.
+    :param rows: the token ids whose rows train (e.g. :func:`lora_rows`).
     :returns: the names of the adapted projections.
     :raises ValueError: naming ``lora_rank`` when it is 0.
 
@@ -239,7 +259,7 @@ def prepare_lora(model: nn.Module, config: SFTConfig, new_tokens: Sequence[int])
         targets=tuple(config.lora_targets),
         seed=config.seed,
     )
-    train_rows(model, list(new_tokens))
+    train_rows(model, list(rows))
     return names
 
 

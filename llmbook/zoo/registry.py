@@ -288,7 +288,13 @@ def _fine_tune(recipe: ResolvedRecipe, device: torch.device, progress: bool, roo
     # Part 6: the parent recipe's model (from the zoo, trained first if missing), given the chat
     # tokens and a longer context, fine-tuned on the task mixture.
     from llmbook.align.evaluate import evaluate_tasks, task_examples
-    from llmbook.align.sft import merge_lora_model, prepare_lora, prepare_model, train_sft
+    from llmbook.align.sft import (
+        lora_rows,
+        merge_lora_model,
+        prepare_lora,
+        prepare_model,
+        train_sft,
+    )
 
     parent = _parent_model(recipe, device, progress, root)
     cfg = recipe.train_config
@@ -300,7 +306,7 @@ def _fine_tune(recipe: ResolvedRecipe, device: torch.device, progress: bool, roo
     if model.config.to_dict() != recipe.model_config.to_dict():
         raise RuntimeError("model: the prepared model's config differs from the recipe's")
     if cfg.lora_rank:  # Part 10.2: adapters and the new tokens' rows train, the rest is frozen
-        prepare_lora(model, cfg, range(old_vocab, model.config.vocab_size))
+        prepare_lora(model, cfg, lora_rows(chat, cfg, old_vocab))
     history = train_sft(model, chat, cfg, progress=progress)
     merge_lora_model(model)
     report = evaluate_tasks(

@@ -8,6 +8,7 @@ import torch
 from llmbook.adapt.lora import lora_layers
 from llmbook.align.sft import (
     SFTConfig,
+    lora_rows,
     merge_lora_model,
     prepare_lora,
     prepare_model,
@@ -45,7 +46,10 @@ def test_lora_sft_trains_adapters_and_new_rows_only_then_merges():
     )
     with pytest.raises(ValueError, match="^lora_rank"):
         prepare_lora(model, SFTConfig(), [old_vocab])
-    names = prepare_lora(model, cfg, range(old_vocab, model.config.vocab_size))
+    rows = lora_rows(chat, cfg, old_vocab)
+    assert rows == list(range(old_vocab, model.config.vocab_size))
+    assert lora_rows(chat, SFTConfig(lora_tokens="0a0"), old_vocab) == [48, 97, *rows]
+    names = prepare_lora(model, cfg, rows)
     assert len(names) == 2 * 7  # two layers, seven projections
     frozen = {k: v.clone() for k, v in model.state_dict().items() if "lora_" not in k}
     examples = sft_examples(cfg, 24, split="train", seed=0)

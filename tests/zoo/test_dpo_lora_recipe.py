@@ -31,7 +31,7 @@ def part10_zoo(sft_zoo, monkeypatch):  # noqa: F811
         tokenizer=base.tokenizer,
         train={
             "tasks": ["add", "reverse"],
-            "kinds": ["off_by_one", "truncated", "sample"],
+            "kinds": ["off_by_one", "truncated"],
             "max_steps": 3,
             "batch_size": 4,
             "eval_interval": 0,
@@ -77,7 +77,7 @@ def test_dpo_recipe_trains_from_its_parent_and_keeps_its_history(part10_zoo):
 
 
 def test_book_recipes_resolve_for_both_profiles():
-    for name in ("dpo", "dpo-biased", "lora-sft-r4"):
+    for name in ("dpo", "dpo-mix", "dpo-mix-biased", "lora-sft-r4"):
         for profile in ("cpu", "gpu"):
             r = resolve(name, profile)
             assert r.parent.recipe.name in ("sft", "shakespeare-modern")
