@@ -33,10 +33,10 @@ from llmbook.align.history import HistoryRecord
 from llmbook.align.kl import categorical_kl
 from llmbook.align.policy import reference_model
 from llmbook.align.preference import PREFERENCE_TASKS, REJECTION_KINDS, PreferencePair, pair_stats
-from llmbook.align.reward import reward_data, sft_samples
+from llmbook.align.reward import check_pair_fields, reward_data, sft_samples
 from llmbook.align.reward_model import collate, pad_id_of
 from llmbook.model.config import check_field_values, config_from_dict
-from llmbook.tasks import TASKS, generate_examples, verify
+from llmbook.tasks import generate_examples, verify
 from llmbook.tasks.base import Example
 from llmbook.train.optim import build_optimizer, check_optimizer_fields
 from llmbook.train.schedule import learning_rate
@@ -105,18 +105,7 @@ class DPOConfig:
 
     def __post_init__(self) -> None:
         check_field_values(type(self), {f.name: getattr(self, f.name) for f in fields(self)})
-        for name, known in (("tasks", TASKS), ("kinds", REJECTION_KINDS)):
-            value = getattr(self, name)
-            if not isinstance(value, list) or not value:
-                raise ValueError(f"{name}: must be a non-empty list, got {value!r}")
-            for item in value:
-                if item not in known:
-                    raise ValueError(
-                        f"{name}: unknown {name[:-1]} {item!r}; known: {sorted(known)}"
-                    )
-        for name in ("length_bias", "equal_share"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name}: must be in [0, 1], got {getattr(self, name)!r}")
+        check_pair_fields(self)
         if self.loss not in DPO_LOSSES:
             raise ValueError(f"loss: must be one of {DPO_LOSSES}, got {self.loss!r}")
         if not self.beta > 0:

@@ -44,6 +44,26 @@ from llmbook.train.optim import build_optimizer, check_optimizer_fields
 from llmbook.train.schedule import learning_rate
 
 
+def check_pair_fields(config) -> None:
+    """Check the fields that describe preference data (RewardConfig's and DPOConfig's).
+
+    :param config: a config with ``tasks``, ``kinds``, ``length_bias`` and ``equal_share``.
+    :raises ValueError: naming the first bad field.
+
+    Introduced in {doc}`/book/part7/02-reward-model`.
+    """
+    for name, known in (("tasks", TASKS), ("kinds", REJECTION_KINDS)):
+        value = getattr(config, name)
+        if not isinstance(value, list) or not value:
+            raise ValueError(f"{name}: must be a non-empty list, got {value!r}")
+        for item in value:
+            if item not in known:
+                raise ValueError(f"{name}: unknown {name[:-1]} {item!r}; known: {sorted(known)}")
+    for name in ("length_bias", "equal_share"):
+        if not 0.0 <= getattr(config, name) <= 1.0:
+            raise ValueError(f"{name}: must be in [0, 1], got {getattr(config, name)!r}")
+
+
 @dataclass(kw_only=True)
 class RewardConfig:
     """How to build the preference data and train a reward model on it.
@@ -103,18 +123,7 @@ class RewardConfig:
 
     def __post_init__(self) -> None:
         check_field_values(type(self), {f.name: getattr(self, f.name) for f in fields(self)})
-        for name, known in (("tasks", TASKS), ("kinds", REJECTION_KINDS)):
-            value = getattr(self, name)
-            if not isinstance(value, list) or not value:
-                raise ValueError(f"{name}: must be a non-empty list, got {value!r}")
-            for item in value:
-                if item not in known:
-                    raise ValueError(
-                        f"{name}: unknown {name[:-1]} {item!r}; known: {sorted(known)}"
-                    )
-        for name in ("length_bias", "equal_share"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name}: must be in [0, 1], got {getattr(self, name)!r}")
+        check_pair_fields(self)
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling: must be one of {POOLINGS}, got {self.pooling!r}")
         if self.loss not in REWARD_LOSSES:
