@@ -340,12 +340,14 @@ def sampled_kl(
     ids, attention, answer = answer_rows(chat, prompts, answers)
     ids, attention = ids.to(device), attention.to(device)
     states = [policy.training, reference.training]
-    policy.eval(), reference.eval()
+    policy.eval()
+    reference.eval()
     try:
         p = policy(ids, attention_mask=attention).logits[:, :-1].float()  # (B, T-1, V)
         q = reference(ids, attention_mask=attention).logits[:, :-1].float()
     finally:
-        policy.train(states[0]), reference.train(states[1])
+        policy.train(states[0])
+        reference.train(states[1])
     per_token = categorical_kl(p, q) * answer[:, 1:].to(device)  # (B, T-1)
     return float(per_token.sum(-1).mean())
 

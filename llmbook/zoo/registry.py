@@ -313,12 +313,7 @@ def _fine_tune(recipe: ResolvedRecipe, device: torch.device, progress: bool, roo
         model, chat, task_examples(sorted(cfg.tasks), 32, split="val", seed=cfg.seed)
     )
     meta = {
-        "recipe": recipe.to_dict(),
-        "key": recipe.key,
-        "model": recipe.model_config.to_dict(),
-        "tokenizer": chat.tokenizer.to_dict(),
-        "corpus": dict(parent.meta.get("corpus", {})),
-        "parent": {"name": parent.recipe.recipe.name, "key": parent.recipe.key},
+        **_fine_tuned_meta(recipe, parent, chat.tokenizer),
         "metrics": {
             "val_loss": history.val_loss[-1],
             "val_accuracy": report.overall(),
@@ -334,6 +329,19 @@ def _fine_tune(recipe: ResolvedRecipe, device: torch.device, progress: bool, roo
         "history": history.to_dict(),
     }
     return model.eval(), chat.tokenizer, meta
+
+
+def _fine_tuned_meta(recipe: ResolvedRecipe, parent: ZooModel, tokenizer) -> dict:
+    # What every fine-tuned checkpoint's JSON starts with: its recipe and key, the model and
+    # tokenizer it saves, and where it came from (the parent's corpus and key).
+    return {
+        "recipe": recipe.to_dict(),
+        "key": recipe.key,
+        "model": recipe.model_config.to_dict(),
+        "tokenizer": tokenizer.to_dict(),
+        "corpus": dict(parent.meta.get("corpus", {})),
+        "parent": {"name": parent.recipe.recipe.name, "key": parent.recipe.key},
+    }
 
 
 def _parent_model(recipe: ResolvedRecipe, device, progress: bool, root: Path | None) -> ZooModel:
@@ -381,13 +389,8 @@ def _train_reward_model(
     history = train_reward(model, chat, cfg, pairs=pairs, val_pairs=val_pairs, progress=progress)
     history.data_seconds = data_seconds
     meta = {
-        "recipe": recipe.to_dict(),
-        "key": recipe.key,
-        "model": recipe.model_config.to_dict(),
+        **_fine_tuned_meta(recipe, parent, chat.tokenizer),
         "reward": {"pooling": cfg.pooling, "causal": cfg.causal},
-        "tokenizer": chat.tokenizer.to_dict(),
-        "corpus": dict(parent.meta.get("corpus", {})),
-        "parent": {"name": parent.recipe.recipe.name, "key": parent.recipe.key},
         "metrics": {
             "val_accuracy": history.val_accuracy,
             "train_seconds": history.train_seconds,
@@ -458,14 +461,7 @@ def _policy_meta(recipe, parent, chat, rm, history, metrics: dict, *, started, d
     # The metadata of a policy trained by PPO or GRPO: where it came from, the held-out accuracy
     # at the start and the end, the last KL, the times, and the run's whole history.
     accuracy = history.eval["accuracy"]
-    meta = {
-        "recipe": recipe.to_dict(),
-        "key": recipe.key,
-        "model": recipe.model_config.to_dict(),
-        "tokenizer": chat.tokenizer.to_dict(),
-        "corpus": dict(parent.meta.get("corpus", {})),
-        "parent": {"name": parent.recipe.recipe.name, "key": parent.recipe.key},
-    }
+    meta = _fine_tuned_meta(recipe, parent, chat.tokenizer)
     if rm is not None:
         meta["reward_model"] = {"name": rm.recipe.recipe.name, "key": rm.recipe.key}
     meta["metrics"] = {
@@ -548,12 +544,7 @@ def _train_dpo_policy(recipe: ResolvedRecipe, device: torch.device, progress: bo
     torch.manual_seed(cfg.seed)
     history = train_dpo(policy, chat, cfg, progress=progress)
     meta = {
-        "recipe": recipe.to_dict(),
-        "key": recipe.key,
-        "model": recipe.model_config.to_dict(),
-        "tokenizer": chat.tokenizer.to_dict(),
-        "corpus": dict(parent.meta.get("corpus", {})),
-        "parent": {"name": parent.recipe.recipe.name, "key": parent.recipe.key},
+        **_fine_tuned_meta(recipe, parent, chat.tokenizer),
         "metrics": {
             "pair_accuracy": history.val_accuracy[-1],
             "verifier_accuracy_start": history.verifier_accuracy[0],

@@ -153,19 +153,25 @@ def trl_dpo_loss(
     return DPOTrainer._compute_loss(stub, model, inputs, return_outputs=False)
 
 
-@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
-@pytest.mark.parametrize("beta", [0.1, 0.7])
-def test_loss_and_gradient_equal_trls(loss_type, beta):
-    pytest.importorskip("trl")
-    g = torch.Generator().manual_seed(11)
-    N, T = 6, 9
-    # Completion masks of different lengths (prompt first), chosen rows then rejected rows.
+def _completion_batch(*, seed, N, T, scale, ref_scale):
+    """Chosen rows then rejected rows: completion masks of different lengths (prompt first), the
+    per-token log-probs of the completion ids (0 elsewhere), and reference sequence log-probs."""
+    g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(1, T - 2, (2 * N,), generator=g)
     mask = torch.zeros(2 * N, T, dtype=torch.bool)
     for i, n in enumerate(lengths.tolist()):
         mask[i, T - n :] = True
-    per_token = -torch.rand(2 * N, T - 1, generator=g) * 3 * mask[:, 1:]
-    ref = -torch.rand(2 * N, generator=g) * 10
+    per_token = -torch.rand(2 * N, T - 1, generator=g) * scale * mask[:, 1:]
+    ref = -torch.rand(2 * N, generator=g) * ref_scale
+    return mask, per_token, ref
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
+@pytest.mark.parametrize("beta", [0.1, 0.7])
+def test_loss_and_gradient_equal_trls(loss_type, beta):
+    pytest.importorskip("trl")
+    N = 6
+    mask, per_token, ref = _completion_batch(seed=11, N=N, T=9, scale=3.0, ref_scale=10.0)
     theirs_x = per_token.clone().requires_grad_(True)
     mine_x = per_token.clone().requires_grad_(True)
     theirs = trl_dpo_loss(theirs_x, mask, ref[:N], ref[N:], loss_types=[loss_type], beta=beta)
@@ -183,14 +189,8 @@ def test_loss_and_gradient_equal_trls(loss_type, beta):
 @pytest.mark.parametrize("coef", [0.5, 2.0])
 def test_sft_term_equals_trls_sigmoid_plus_sft(coef):
     pytest.importorskip("trl")
-    g = torch.Generator().manual_seed(5)
-    N, T = 4, 7
-    lengths = torch.randint(1, T - 2, (2 * N,), generator=g)
-    mask = torch.zeros(2 * N, T, dtype=torch.bool)
-    for i, n in enumerate(lengths.tolist()):
-        mask[i, T - n :] = True
-    per_token = -torch.rand(2 * N, T - 1, generator=g) * 2 * mask[:, 1:]
-    ref = -torch.rand(2 * N, generator=g) * 6
+    N = 4
+    mask, per_token, ref = _completion_batch(seed=5, N=N, T=7, scale=2.0, ref_scale=6.0)
     theirs_x = per_token.clone().requires_grad_(True)
     mine_x = per_token.clone().requires_grad_(True)
     theirs = trl_dpo_loss(
