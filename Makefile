@@ -50,10 +50,11 @@ $(STAMP): pyproject.toml Makefile
 # Train every zoo recipe the chapters load (book_recipes) that has no checkpoint yet (LLMBOOK_PROFILE, default cpu without
 # CUDA), in its own step: `make book` and `make test` run it first, so that no chapter cell ever trains
 # a zoo model under the cell timeout. A chapter run by hand still trains what it needs on first use.
+# ZOO_JOBS models train at once, each after the models it starts from (0: one per CPU core on the cpu
+# profile); each trains with one torch thread, so the checkpoints are the same for any ZOO_JOBS.
+ZOO_JOBS ?= 0
 zoo: venv
-	@set -o pipefail; for recipe in $$($(BIN)/python -c "from llmbook.zoo.recipes import book_recipes; print(' '.join(book_recipes()))"); do \
-	  $(BIN)/llmbook train --recipe $$recipe --if-missing --no-progress | tail -1 || exit 1; \
-	done
+	@set -o pipefail; $(BIN)/llmbook zoo build --jobs $(ZOO_JOBS) --no-progress | tail -1
 
 # JupyterLab is not part of the dev environment: this installs it (the "notebook" extra) on first use.
 notebook: venv zoo

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 import traceback
@@ -87,6 +88,7 @@ def _ranged(kind, accept, what: str):
 _probability = _ranged(float, lambda v: 0.0 < v <= 1.0, "in (0, 1]")
 _non_negative_float = _ranged(float, lambda v: v >= 0, ">= 0")
 _positive_int = _ranged(int, lambda v: v >= 1, "a positive integer")
+_non_negative_int = _ranged(int, lambda v: v >= 0, "a non-negative integer")
 _seed = _ranged(int, lambda v: 0 <= v <= MAX_SEED, "an integer in [0, 2**64 - 1]")
 
 
@@ -196,13 +198,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=_probability, default=None)
     p.add_argument("--seed", type=_seed, default=0, help="0 to 2**64 - 1")
 
-    p = sub.add_parser("zoo", help="list recipes and their checkpoint keys")
+    p = sub.add_parser(
+        "zoo", help="list recipes and their checkpoint keys, or build the missing ones"
+    )
     p.add_argument(
         "action",
-        choices=("list", "key"),
-        help="list: recipes and cache state; key: one hash of all recipes (for CI caches)",
+        choices=("list", "key", "build"),
+        help="list: recipes and cache state; key: one hash of all recipes (for CI caches); build: "
+        "train the missing models, several at once",
     )
     p.add_argument("--profile", choices=("cpu", "gpu"), default=None)
+    p.add_argument(
+        "--recipes",
+        default=None,
+        help="build: comma-separated recipe names (default: every recipe a chapter loads); the "
+        "recipes they start from are built first",
+    )
+    p.add_argument(
+        "--jobs",
+        type=_non_negative_int,
+        default=1,
+        help="build: training processes at once (0: one per CPU core on the cpu profile, 1 on the gpu "
+        "profile)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="build: no progress bar")
     return parser
 
 
@@ -416,6 +435,9 @@ def _cmd_zoo(args) -> int:
 
     from llmbook.zoo import RECIPES, checkpoint_dir
 
+    if args.action == "build":
+        return _zoo_build(args)
+
     rows = []
     for name in sorted(RECIPES):
         resolved = _resolve(name, args.profile)
@@ -442,6 +464,75 @@ def _cmd_zoo(args) -> int:
                 "profile": rows[0]["profile"] if rows else args.profile,
             }
         )
+    return 0
+
+
+def _zoo_build(args) -> int:
+    from llmbook.zoo.build import build, build_plan
+    from llmbook.zoo.recipes import book_recipes
+
+    started = time.perf_counter()
+    if args.recipes is None:
+        names = book_recipes()
+    else:
+        names = [n.strip() for n in args.recipes.split(",") if n.strip()]
+        if not names:
+            raise UsageError("--recipes: expected one or more recipe names")
+    try:
+        plan = build_plan(names)
+        for name in plan:  # a bad profile or recipe field, before anything trains
+            recipe = _resolve(name, args.profile)
+    except ValueError as err:
+        raise UsageError(f"--recipes: {str(err).removeprefix('recipes: ')}") from None
+    if plan:
+        _check_environment(recipe, will_train=True)
+    profile = recipe.profile if plan else args.profile
+    # 0: a process per core on the cpu profile (each trains with one thread); one GPU, one process.
+    jobs = args.jobs or ((os.cpu_count() or 1) if profile == "cpu" else 1)
+    bar = None
+    if not args.no_progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(plan), desc="zoo build", unit="model", file=sys.stderr)
+
+    def show(result) -> None:
+        line = f"{result.recipe}: {result.status}"
+        if result.status in ("trained", "failed"):
+            line += f" in {result.seconds:.0f} s"
+        if "error" in result.summary:
+            line += f" ({result.summary['error']})"
+        if bar is None:
+            print(f"llmbook: {line}", file=sys.stderr, flush=True)
+        else:
+            bar.write(f"llmbook: {line}", file=sys.stderr)
+            bar.update(1)
+
+    try:
+        results = build(names, jobs=jobs, profile=profile, on_done=show)
+    finally:
+        if bar is not None:
+            bar.close()
+    counts = {
+        s: sum(r.status == s for r in results) for s in ("trained", "cached", "failed", "skipped")
+    }
+    summary = {
+        "command": "zoo build",
+        "profile": profile,
+        "jobs": jobs,
+        **counts,
+        "recipes": [
+            {"recipe": r.recipe, "status": r.status, "seconds": r.seconds, **r.summary}
+            for r in results
+        ],
+        "wall_seconds": time.perf_counter() - started,
+    }
+    if counts["failed"] or counts["skipped"]:
+        bad = next(r for r in results if r.status in ("failed", "skipped"))
+        message = f"zoo build: {bad.recipe} {bad.status}: {bad.summary.get('error')}"
+        print(f"llmbook: error: {message}", file=sys.stderr, flush=True)
+        _emit({**summary, "error": message, "type": "BuildError"})
+        return EXIT_RUNTIME
+    _emit(summary)
     return 0
 
 

@@ -74,7 +74,7 @@ class LoRALinear(nn.Module):
     :raises ValueError: for a bad ``r``, ``alpha`` or ``dropout`` (the message starts with its name),
         or when ``base`` is not an ``nn.Linear``.
 
-    Introduced in Part 10.2 (its chapter is being written).
+    Introduced in {doc}`/book/part10/02-lora`.
     """
 
     def __init__(
@@ -241,7 +241,7 @@ def inject_lora(
     :raises ValueError: for a bad setting, when nothing matches ``targets``, when a matched layer
         has an adapter already, or when its weight is tied to another parameter.
 
-    Introduced in Part 10.2 (its chapter is being written).
+    Introduced in {doc}`/book/part10/02-lora`.
     """
     _check_settings(r, alpha, dropout)
     targets = _check_targets(targets)
@@ -270,7 +270,7 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
     :param model: any module.
     :returns: name to :class:`LoRALinear`, in module order.
 
-    Introduced in Part 10.2 (its chapter is being written).
+    Introduced in {doc}`/book/part10/02-lora`.
     """
     return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
 
@@ -281,7 +281,7 @@ def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
     :param model: a model after :func:`inject_lora`.
     :returns: the parameters, A before B for each layer, in module order.
 
-    Introduced in Part 10.2 (its chapter is being written).
+    Introduced in {doc}`/book/part10/02-lora`.
     """
     return [p for layer in lora_layers(model).values() for p in (layer.lora_A, layer.lora_B)]
 
@@ -292,7 +292,7 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     :param model: any module.
     :returns: ``{"trainable": ..., "total": ..., "adapter": ...}``; ``total`` includes the adapters.
 
-    Introduced in Part 10.2 (its chapter is being written).
+    Introduced in {doc}`/book/part10/02-lora`.
     """
     params = list(model.parameters())  # already de-duplicated
     return {
@@ -314,7 +314,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
     :returns: the same model object.
     :raises ValueError: when the model has no LoRA layers.
 
-    Introduced in Part 10.2 (its chapter is being written).
+    Introduced in {doc}`/book/part10/02-lora`.
     """
     layers = lora_layers(model)
     if not layers:
@@ -333,7 +333,7 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     :param model: a model after :func:`inject_lora`.
     :returns: name to tensor (detached, sharing memory with the model).
 
-    Introduced in Part 10.2 (its chapter is being written).
+    Introduced in {doc}`/book/part10/02-lora`.
     """
     return {
         f"{name}.{kind}": getattr(layer, kind).detach()
@@ -363,7 +363,7 @@ def save_adapters(model: nn.Module, path: str | Path, *, config: dict) -> Path:
     :raises ValueError: when the model has no adapters, or ``config`` is not JSON or does not
         describe them.
 
-    Introduced in Part 10.2 (its chapter is being written).
+    Introduced in {doc}`/book/part10/02-lora`.
     """
     layers = lora_layers(model)
     if not layers:
@@ -436,7 +436,7 @@ def load_adapters(model: nn.Module, path: str | Path) -> dict:
     :returns: the stored settings (``r``, ``alpha``, ``dropout``, ``targets`` and any extras).
     :raises ValueError: naming the file, when it is missing, corrupt, or does not fit the model.
 
-    Introduced in Part 10.2 (its chapter is being written).
+    Introduced in {doc}`/book/part10/02-lora`.
     """
     path = Path(path)
     config, tensors = _read_adapter_file(path)

@@ -32,7 +32,7 @@ class TrainableRows(nn.Module):
     :raises ValueError: naming ``base`` for another layer type, or ``rows`` when empty, repeated or
         out of range.
 
-    Introduced in Part 10.2 (its chapter is being written).
+    Introduced in {doc}`/book/part10/02-lora`.
     """
 
     def __init__(self, base: nn.Module, rows: Sequence[int]) -> None:
@@ -113,7 +113,7 @@ def train_rows(
     :raises ValueError: naming ``model`` when its head is tied to its embedding (one matrix, which
         two wrappers would adapt twice), or ``names`` for a missing or already wrapped layer.
 
-    Introduced in Part 10.2 (its chapter is being written).
+    Introduced in {doc}`/book/part10/02-lora`.
     """
     layers = [getattr(model, name, None) for name in names]
     for name, layer in zip(names, layers):
@@ -133,7 +133,7 @@ def merge_rows(model: nn.Module) -> nn.Module:
     :param model: the model.
     :returns: the same model.
 
-    Introduced in Part 10.2 (its chapter is being written).
+    Introduced in {doc}`/book/part10/02-lora`.
     """
     for name, module in list(model.named_modules()):
         if isinstance(module, TrainableRows):

@@ -49,7 +49,7 @@ class DPOConfig:
     Every field is checked on construction; a bad value raises a :class:`ValueError` whose message
     starts with the field name (NaN and infinity included).
 
-    Introduced in Part 10.1 (its chapter is being written).
+    Introduced in {doc}`/book/part10/01-dpo`.
     """
 
     tasks: list = field(default_factory=lambda: list(PREFERENCE_TASKS))
@@ -156,7 +156,7 @@ class DPOConfig:
 class DPOHistory(HistoryRecord):
     """What a DPO run measured: per step on the training batch, and at each evaluation.
 
-    Introduced in Part 10.1 (its chapter is being written).
+    Introduced in {doc}`/book/part10/01-dpo`.
     """
 
     steps: list[int] = field(default_factory=list)
@@ -201,7 +201,7 @@ def answer_rows(
         True at the answer's ids and its closing ``<|end|>`` (the SFT loss mask).
     :raises ValueError: when the lists differ in length or are empty.
 
-    Introduced in Part 10.1 (its chapter is being written).
+    Introduced in {doc}`/book/part10/01-dpo`.
     """
     if len(prompts) != len(answers):
         raise ValueError(f"answers: expected one per prompt ({len(prompts)}), got {len(answers)}")
@@ -227,7 +227,7 @@ def sequence_logps(
     :param answer_mask: ``(B, T)`` bool, True at the ids to score (never at position 0).
     :returns: ``(B,)`` float32.
 
-    Introduced in Part 10.1 (its chapter is being written).
+    Introduced in {doc}`/book/part10/01-dpo`.
     """
     device = next(model.parameters()).device
     ids, attention_mask = ids.to(device), attention_mask.to(device)
@@ -247,7 +247,7 @@ def pair_logps(
     :param pairs: ``N`` pairs.
     :returns: ``(chosen (N,), rejected (N,))``, differentiable.
 
-    Introduced in Part 10.1 (its chapter is being written).
+    Introduced in {doc}`/book/part10/01-dpo`.
     """
     prompts = [p.prompt for p in pairs] * 2
     ids, attention, answer = answer_rows(
@@ -263,7 +263,7 @@ def answer_lengths(chat: ChatFormat, pairs: Sequence[PreferencePair]) -> torch.T
     :param pairs: the pairs.
     :returns: ``(N, 2)`` float32: chosen, rejected.
 
-    Introduced in Part 10.1 (its chapter is being written).
+    Introduced in {doc}`/book/part10/01-dpo`.
     """
     counts = [
         [sum(chat.render_example(p.prompt, answer)[1]) for answer in (p.chosen, p.rejected)]
@@ -284,7 +284,7 @@ def reference_logps(
     :param batch_size: pairs per forward pass.
     :returns: ``(N, 2)``: chosen, rejected; on the CPU.
 
-    Introduced in Part 10.1 (its chapter is being written).
+    Introduced in {doc}`/book/part10/01-dpo`.
     """
     was_training = model.training
     model.eval()
@@ -322,7 +322,7 @@ def sampled_kl(
     :param seed: seed of the sampling.
     :returns: nats per answer.
 
-    Introduced in Part 10.1 (its chapter is being written).
+    Introduced in {doc}`/book/part10/01-dpo`.
     """
     device = next(policy.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -443,7 +443,7 @@ def train_dpo(
     :raises ValueError: naming ``pairs`` when fixed pairs meet several rounds, or an empty input.
     :raises FloatingPointError: when the loss stops being finite.
 
-    Introduced in Part 10.1 (its chapter is being written).
+    Introduced in {doc}`/book/part10/01-dpo`.
     """
     if pairs is not None and config.rounds > 1:
         raise ValueError(f"pairs: fixed pairs cannot be rebuilt for {config.rounds} rounds")

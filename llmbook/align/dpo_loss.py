@@ -95,7 +95,7 @@ def dpo_loss(
         alone, to a loss other than ``"ipo"`` without ``sft_coef``, or not positive; a negative or
         non-finite ``sft_coef``, or one without lengths.
 
-    Introduced in Part 10.1 (its chapter is being written).
+    Introduced in {doc}`/book/part10/01-dpo`.
     """
     _check_inputs(
         logps_chosen=logps_chosen,
@@ -172,7 +172,7 @@ def dpo_optimum_gap(beta: float, label_smoothing: float) -> float:
     :returns: $\Delta^*$ (``inf`` when $\varepsilon = 0$).
     :raises ValueError: for values out of range.
 
-    Introduced in Part 10.1 (its chapter is being written).
+    Introduced in {doc}`/book/part10/01-dpo`.
     """
     beta = _check_number("beta", beta, low=0.0, open_low=True)
     eps = _check_number("label_smoothing", label_smoothing, low=0.0, high=0.5, open_low=False)

@@ -224,7 +224,7 @@ def lora_rows(chat: ChatFormat, config: SFTConfig, base_vocab_size: int) -> list
     :param base_vocab_size: the base model's vocabulary size (ids from it on are new).
     :returns: sorted distinct ids.
 
-    Introduced in Part 10.2 (its chapter is being written).
+    Introduced in {doc}`/book/part10/02-lora`.
     """
     new = range(base_vocab_size, chat.tokenizer.vocab_size)
     listed = (
@@ -248,7 +248,7 @@ def prepare_lora(model: nn.Module, config: SFTConfig, rows: Sequence[int]) -> li
     :returns: the names of the adapted projections.
     :raises ValueError: naming ``lora_rank`` when it is 0.
 
-    Introduced in Part 10.2 (its chapter is being written).
+    Introduced in {doc}`/book/part10/02-lora`.
     """
     if config.lora_rank < 1:
         raise ValueError("lora_rank: prepare_lora needs a rank >= 1 (0 is full fine-tuning)")
@@ -269,7 +269,7 @@ def merge_lora_model(model: nn.Module) -> nn.Module:
     :param model: a model set up by :func:`prepare_lora` (any other model is returned unchanged).
     :returns: the same model.
 
-    Introduced in Part 10.2 (its chapter is being written).
+    Introduced in {doc}`/book/part10/02-lora`.
     """
     if lora_layers(model):
         merge_lora(model)
@@ -283,7 +283,7 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     :param optimizer: the optimizer, after at least one step.
     :returns: bytes.
 
-    Introduced in Part 10.2 (its chapter is being written).
+    Introduced in {doc}`/book/part10/02-lora`.
     """
     return sum(
         t.numel() * t.element_size()

@@ -815,8 +815,6 @@ for _name, (_description, _changes) in DPO_RUNS.items():
             parent="sft",
             tokenizer=RECIPES["sft"].tokenizer,
             train={**DPO_TRAIN, **_changes},
-            # Part 10.1 is being written: `make zoo` trains these once a chapter loads them.
-            book=False,
             profiles={
                 # About two minutes on two cores, half of it sampling the policy's answers.
                 "cpu": {"train": {"max_steps": 150, "batch_size": 32}},
@@ -855,7 +853,6 @@ for _rank in LORA_RANKS:
                 "lora_alpha": 16.0,
                 "lora_tokens": "0123456789",
             },
-            book=False,  # Part 10.2 is being written
             profiles=copy.deepcopy(_sft.profiles),
         )
     )
