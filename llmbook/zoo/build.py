@@ -91,10 +91,6 @@ def _descendants(plan: dict[str, tuple[str, ...]]) -> dict[str, int]:
     return {name: len(s) for name, s in below.items()}
 
 
-Runner = Callable[[str, str], tuple[int, str, str]]
-"""``runner(recipe, profile) -> (exit status, stdout, stderr)``: trains one recipe."""
-
-
 def train_in_subprocess(recipe: str, profile: str) -> tuple[int, str, str]:
     """Run ``python -m llmbook train --recipe R --profile P --if-missing --no-progress``.
 
@@ -130,7 +126,7 @@ def build(
     *,
     jobs: int = 1,
     profile: str | None = None,
-    runner: Runner | None = None,
+    runner: Callable[[str, str], tuple[int, str, str]] | None = None,
     on_done: Callable[[BuildResult], None] | None = None,
 ) -> list[BuildResult]:
     """Train the models of ``names`` (and of every recipe they start from) that have no checkpoint.
@@ -142,7 +138,8 @@ def build(
     :param names: recipe names.
     :param jobs: processes at once (at least 1).
     :param profile: ``"cpu"``, ``"gpu"``, or None for :func:`~llmbook.zoo.recipes.default_profile`.
-    :param runner: trains one recipe (default :func:`train_in_subprocess`; tests pass a stand-in).
+    :param runner: ``runner(recipe, profile) -> (exit status, stdout, stderr)`` trains one recipe
+        (default :func:`train_in_subprocess`; tests pass a stand-in).
     :param on_done: called with each :class:`BuildResult` as it is known (a progress display).
     :returns: one :class:`BuildResult` per planned recipe, in plan order.
     :raises ValueError: for an unknown recipe or profile, or ``jobs`` below 1, before anything runs.
