@@ -501,6 +501,8 @@ def _zoo_build(args) -> int:
             line += f" in {result.seconds:.0f} s"
         if "error" in result.summary:
             line += f" ({result.summary['error']})"
+        if result.summary.get("stderr"):
+            line += "\n" + result.summary["stderr"]
         if bar is None:
             print(f"llmbook: {line}", file=sys.stderr, flush=True)
         else:

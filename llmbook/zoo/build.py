@@ -12,7 +12,6 @@ Introduced in {doc}`/book/part2/06-training-loop`.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -101,12 +100,7 @@ def train_in_subprocess(recipe: str, profile: str) -> tuple[int, str, str]:
     Introduced in {doc}`/book/part2/06-training-loop`.
     """
     cmd = [sys.executable, "-m", "llmbook", "train", "--recipe", recipe, "--profile", profile]
-    done = subprocess.run(
-        [*cmd, "--if-missing", "--no-progress"],
-        capture_output=True,
-        text=True,
-        env=os.environ.copy(),
-    )
+    done = subprocess.run([*cmd, "--if-missing", "--no-progress"], capture_output=True, text=True)
     return done.returncode, done.stdout, done.stderr
 
 
@@ -169,7 +163,14 @@ def build(
         summary = _last_json(out)
         if status != 0:
             tail = summary.get("error") or (err.strip().splitlines() or ["no output"])[-1]
-            return BuildResult(name, "failed", seconds, {"error": f"exit status {status}: {tail}"})
+            # The process's own last lines (a traceback) go with the failure: its output is not shown.
+            stderr = "\n".join(err.strip().splitlines()[-20:])
+            return BuildResult(
+                name,
+                "failed",
+                seconds,
+                {"error": f"exit status {status}: {tail}", "stderr": stderr},
+            )
         return BuildResult(
             name, "trained" if summary.get("trained_now") else "cached", seconds, summary
         )

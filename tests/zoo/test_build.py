@@ -95,6 +95,9 @@ def test_a_failure_skips_only_the_recipes_that_need_it(empty_cache):
     assert results["reward-biased"].status == "failed"
     assert results["reward-biased"].summary["error"] == "exit status 1: reward-biased broke"
     assert (
+        results["reward-biased"].summary["stderr"] == "traceback..."
+    )  # the process's own last lines
+    assert (
         results["ppo-biased"].status == "skipped"
         and "reward-biased" in results["ppo-biased"].summary["error"]
     )
