@@ -20,6 +20,7 @@ import sys
 import time
 import traceback
 import warnings
+from pathlib import Path
 
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
@@ -118,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     Bad arguments exit with status 2, a one-line message on stderr and the JSON error line on stdout.
 
-    :returns: the parser, with sub-commands ``train``, ``sample``, ``eval``, ``chat`` and ``zoo``.
+    :returns: the parser, with sub-commands ``train``, ``sample``, ``eval``, ``chat``, ``zoo`` and
+        ``ablate``.
     """
     parser = _Parser(prog="llmbook", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -222,6 +224,25 @@ def build_parser() -> argparse.ArgumentParser:
         "profile)",
     )
     p.add_argument("--no-progress", action="store_true", help="build: no progress bar")
+
+    p = sub.add_parser(
+        "ablate",
+        help="train a grid of architecture variants x seeds (resuming its results file) and print "
+        "each cell's mean validation bits per byte with a 95%% confidence interval",
+    )
+    p.add_argument("--grid", default="book", help="preset grid: book (default) or smoke")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="JSON Lines results file to append to and resume from (default: "
+        "LLMBOOK_CACHE_DIR/ablate/GRID-KEY.jsonl)",
+    )
+    p.add_argument("--cells", default=None, help="comma-separated cell names (default: all)")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds of the grid (default: all)")
+    p.add_argument(
+        "--threads", type=_positive_int, default=None, help="torch threads (default: unchanged)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -538,6 +559,94 @@ def _zoo_build(args) -> int:
     return 0
 
 
+def _names(option: str, text: str | None, known, kind=str) -> list | None:
+    """A comma-separated list of ``known`` items, or None for all of them."""
+    if text is None:
+        return None
+    items = []
+    for piece in (p.strip() for p in text.split(",")):
+        try:
+            item = kind(piece)
+        except ValueError:
+            raise UsageError(f"{option}: {piece!r} is not an integer") from None
+        if item not in known:
+            raise UsageError(f"{option}: {item!r} is not in the grid; known: {list(known)}")
+        items.append(item)
+    return items
+
+
+def _cmd_ablate(args) -> int:
+    from llmbook.experiments.ablate import ResultsError, run_grid, summarize
+    from llmbook.experiments.grid import GRIDS
+    from llmbook.paths import cache_dir, data_mirror, ensure_writable_dir
+
+    started = time.perf_counter()
+    if args.grid not in GRIDS:
+        raise UsageError(f"--grid: unknown grid {args.grid!r}; known grids: {sorted(GRIDS)}")
+    grid = GRIDS[args.grid]
+    cells = _names("--cells", args.cells, tuple(grid.cells))
+    seeds = _names("--seeds", args.seeds, grid.seeds, int)
+    try:
+        data_mirror()
+    except FileNotFoundError as err:
+        raise SetupError(str(err)) from None
+    if args.out is None:
+        out = ensure_writable_dir(cache_dir() / "ablate") / f"{grid.name}-{grid.key}.jsonl"
+    else:
+        out = Path(args.out).expanduser()
+    new = []
+    try:
+        records = run_grid(
+            grid,
+            out,
+            cells=cells,
+            seeds=seeds,
+            progress=not args.no_progress,
+            threads=args.threads,
+            on_result=new.append,
+        )
+    except ResultsError as err:
+        return _refuse(str(err), type(err).__name__, EXIT_RUNTIME)
+    except OSError as err:  # the results file: a folder, unwritable, a full disk
+        return _refuse(str(err), type(err).__name__, EXIT_RUNTIME)
+    baseline = "baseline" if any(r["cell"] == "baseline" for r in records) else None
+    rows = summarize(records, "val_bpb", baseline=baseline)
+    print(f"{grid.name}: validation bits per byte, mean ± 95% half-width over seeds")
+    for row in rows:
+        line = f"{row['cell']:12s} {row['mean']:.4f} ± {row['half_width']:.4f}  (n={row['n']})"
+        if row["diff_mean"] is not None:
+            verdict = "distinguishable" if row["distinguishable"] else "not distinguishable"
+            line += (
+                f"  vs baseline {row['diff_mean']:+.4f} ± {row['diff_half_width']:.4f} {verdict}"
+            )
+        print(line, flush=True)
+    _emit(
+        {
+            "command": "ablate",
+            "grid": grid.name,
+            "key": grid.key,
+            "out": str(out),
+            "ran": len(new),
+            "reused": len(records) - len(new),
+            "runs": len(records),
+            "metric": "val_bpb",
+            "cells": {r["cell"]: {k: r[k] for k in ("mean", "low", "high", "n")} for r in rows},
+            "differences": {
+                r["cell"]: {
+                    "mean": r["diff_mean"],
+                    "low": r["diff_low"],
+                    "high": r["diff_high"],
+                    "distinguishable": r["distinguishable"],
+                }
+                for r in rows
+                if r["diff_mean"] is not None
+            },
+            "seconds": time.perf_counter() - started,
+        }
+    )
+    return 0
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     # The package warns (a corpus fallback, a checkpoint moved aside); a command shows each as one
     # line, without the source location that Python's default format adds.
@@ -574,6 +683,7 @@ def _run(args) -> int:
         "eval": _cmd_eval,
         "chat": _cmd_chat,
         "zoo": _cmd_zoo,
+        "ablate": _cmd_ablate,
     }
     try:
         return handlers[args.command](args)
