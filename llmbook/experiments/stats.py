@@ -243,8 +243,9 @@ def paired_differences(
     """The interval of ``b[s] - a[s]`` over the seeds ``s`` present in both.
 
     Pairing by seed cancels what the two runs of a seed share (in :func:`~llmbook.experiments.ablate.run_grid`
-    the same seed gives both cells the same batches), so the interval is usually much narrower than
-    the two cells' own intervals suggest. Seeds present on one side only are left out.
+    the same seed gives both cells the same batches): when their results are correlated, the interval
+    is narrower than the two cells' own intervals suggest; when they are not, it is about as wide.
+    Seeds present on one side only are left out.
 
     :param a_by_seed: seed -> value of the reference (e.g. the baseline).
     :param b_by_seed: seed -> value of the variant.
