@@ -198,7 +198,8 @@ def run_grid(
     :param on_result: called with each new record after its line is written.
     :returns: the records of the requested cells and seeds (reused and new), in grid order: by cell,
         then by seed.
-    :raises ValueError: for a cell or seed not in the grid, or ``threads`` not a positive integer.
+    :raises ValueError: for a cell or seed not in the grid, ``threads`` not a positive integer, or a
+        run whose loss is not finite (named by cell and seed; the runs before it stay in the file).
     :raises ResultsError: naming the file and line, for a corrupt line, a line of another grid
         (another key) or one written on another corpus text.
 
@@ -292,6 +293,14 @@ def run_grid(
                 "wall_seconds": time.perf_counter() - started,
                 "environment": environment,
             }
+            diverged = {k: v for k, v in record["metrics"].items() if not math.isfinite(v)}
+            if (
+                diverged
+            ):  # JSON has no NaN; and a grid should say which run broke, not fail to write
+                raise ValueError(
+                    f"cells.{cell}: seed {seed}: training diverged ({diverged}); the runs before it "
+                    f"are kept in {out_path}"
+                )
             line = json.dumps(record, sort_keys=True, allow_nan=False)
             with open(out_path, "a", encoding="utf-8") as f:
                 f.write(line + "\n")

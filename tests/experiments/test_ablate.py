@@ -216,3 +216,23 @@ def test_summarize_gives_intervals_and_paired_differences_per_cell():
 
 def test_the_module_names_its_schema_version():
     assert ablate.SCHEMA == 1
+
+
+def test_a_diverged_run_is_named_and_the_runs_before_it_are_kept(toy_zoo, tmp_path, monkeypatch):
+    import llmbook.train.loop as loop
+
+    grid, out = tiny_grid(), tmp_path / "tiny.jsonl"
+    real_train = loop.train
+    calls = []
+
+    def train_that_diverges_second(*args, **kwargs):
+        history = real_train(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            history.val_loss[-1] = math.nan
+        return history
+
+    monkeypatch.setattr(loop, "train", train_that_diverges_second)
+    with pytest.raises(ValueError, match=r"^cells\.baseline: seed 1: training diverged"):
+        run_grid(grid, out, progress=False, threads=1)
+    assert [(r["cell"], r["seed"]) for r in load_results(out)] == [("baseline", 0)]
