@@ -353,7 +353,8 @@ def encode_cached(
     *,
     directory: str | os.PathLike | None = None,
 ) -> tuple[torch.Tensor, bool]:
-    """:meth:`SentenceEncoder.encode`, kept on disk between runs.
+    """Encode sentences and keep the vectors on disk between runs (:meth:`SentenceEncoder.encode`
+    with a cache).
 
     The file name hashes the encoder's :attr:`~SentenceEncoder.digest`, its ``max_length`` and the
     :func:`text_digest` of the sentences, and the file records both digests again; a file whose
