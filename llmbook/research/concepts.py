@@ -21,6 +21,7 @@ from torch import nn
 from llmbook.model.block import Block, build_norm
 from llmbook.model.config import ModelConfig, check_field_values
 from llmbook.model.positional import LearnedPositionalEmbedding
+from llmbook.train.schedule import warmup_cosine
 
 CONCEPT_LOSSES = ("mse", "cosine")
 
@@ -290,17 +291,17 @@ def train_concept_model(
     gen = torch.Generator().manual_seed(config.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     warmup = max(1, config.steps // 20)
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, config.steps - warmup)
-        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     history = []
     model.train()
-    for _ in range(config.steps):
+    for step in range(config.steps):
+        for group in opt.param_groups:
+            group["lr"] = warmup_cosine(
+                step,
+                max_lr=config.lr,
+                warmup_steps=warmup,
+                total_steps=config.steps,
+                min_lr=0.1 * config.lr,
+            )
         idx = torch.randint(len(inputs), (config.batch_size,), generator=gen)
         pred = model(inputs[idx])  # (B, T, E)
         loss, metrics = concept_loss(pred, targets[idx], mask[idx], config.loss)
@@ -309,7 +310,6 @@ def train_concept_model(
         if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         opt.step()
-        sched.step()
         history.append({"loss": float(loss.detach()), **metrics})
     model.eval()
     return history

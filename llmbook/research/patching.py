@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from llmbook.align.ppo_loss import entropy_from_logits
+
 RULES = ("global", "monotonic")
 """The entropy rules :func:`patch_entropy` knows: ``"global"`` and ``"monotonic"``."""
 
@@ -105,8 +107,9 @@ def next_byte_entropy(
         chunk = starts[i : i + batch_size]
         width = min(W, N - 1)
         x = torch.stack([ids[s : s + width] for s in chunk]).to(device)  # (B, W)
-        logp = model(x).logits[..., :256].float().log_softmax(-1)  # (B, W, 256)
-        H = -(logp.exp() * logp).sum(-1) / math.log(2)  # (B, W): bits for bytes s+1 .. s+W
+        H = entropy_from_logits(model(x).logits[..., :256]) / math.log(
+            2
+        )  # (B, W): bits, bytes s+1 .. s+W
         for s, h in zip(chunk, H.cpu()):
             first = done - (s + 1)  # skip what an earlier window (with more context) covered
             out[done : s + 1 + width] = h[first:]
