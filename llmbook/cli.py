@@ -201,20 +201,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=0, help="0 to 2**64 - 1")
 
     p = sub.add_parser(
-        "zoo", help="list recipes and their checkpoint keys, or build the missing ones"
+        "zoo",
+        help="list recipes and their checkpoint keys, build the missing ones, or fetch and publish "
+        "checkpoints from and for the checkpoint store",
     )
     p.add_argument(
         "action",
-        choices=("list", "key", "build"),
+        choices=("list", "key", "build", "fetch", "publish"),
         help="list: recipes and cache state; key: one hash of all recipes (for CI caches); build: "
-        "train the missing models, several at once",
+        "train the missing models, several at once; fetch: download the published checkpoints the "
+        "chapters load (LLMBOOK_ZOO_URL or --url), reporting whether every one exists; publish: pack "
+        "local checkpoints as store archives with their sha256 (--out)",
     )
+    p.add_argument(
+        "--url",
+        default=None,
+        help="fetch: the checkpoint store's base URL (default: LLMBOOK_ZOO_URL)",
+    )
+    p.add_argument("--out", default=None, help="publish: the folder for the archives")
     p.add_argument("--profile", choices=("cpu", "gpu"), default=None)
     p.add_argument(
         "--recipes",
         default=None,
-        help="build: comma-separated recipe names (default: every recipe a chapter loads); the "
-        "recipes they start from are built first",
+        help="build, fetch, publish: comma-separated recipe names (default: every recipe a chapter "
+        "loads; build and publish add the recipes they start from)",
     )
     p.add_argument(
         "--jobs",
@@ -458,6 +468,8 @@ def _cmd_zoo(args) -> int:
 
     if args.action == "build":
         return _zoo_build(args)
+    if args.action in ("fetch", "publish"):
+        return _zoo_store(args)
 
     rows = []
     for name in sorted(RECIPES):
@@ -488,17 +500,88 @@ def _cmd_zoo(args) -> int:
     return 0
 
 
-def _zoo_build(args) -> int:
-    from llmbook.zoo.build import build, build_plan
+def _zoo_names(args) -> list[str]:
     from llmbook.zoo.recipes import book_recipes
 
-    started = time.perf_counter()
     if args.recipes is None:
-        names = book_recipes()
-    else:
-        names = [n.strip() for n in args.recipes.split(",") if n.strip()]
-        if not names:
-            raise UsageError("--recipes: expected one or more recipe names")
+        return book_recipes()
+    names = [n.strip() for n in args.recipes.split(",") if n.strip()]
+    if not names:
+        raise UsageError("--recipes: expected one or more recipe names")
+    return names
+
+
+def _zoo_store(args) -> int:
+    from llmbook.zoo.build import build_plan
+    from llmbook.zoo.checkpoint import CheckpointError
+    from llmbook.zoo.registry import checkpoint_dir
+    from llmbook.zoo.store import fetch, publish, store_url
+
+    names = _zoo_names(args)
+    try:
+        plan = list(build_plan(names)) if args.action == "publish" else names
+        recipes = {name: _resolve(name, args.profile) for name in plan}
+    except ValueError as err:
+        raise UsageError(f"--recipes: {str(err).removeprefix('recipes: ')}") from None
+    profile = next(iter(recipes.values())).profile if recipes else args.profile
+    if args.action == "publish":
+        if args.out is None:
+            raise UsageError("--out: publish needs a folder for the archives")
+        try:
+            published, missing = publish(plan, profile, args.out)
+        except CheckpointError as err:
+            raise SetupError(str(err)) from None
+        for name in missing:
+            print(f"llmbook: {name}: no local {profile} checkpoint to publish", file=sys.stderr)
+        _emit(
+            {
+                "command": "zoo publish",
+                "profile": profile,
+                "published": [
+                    {
+                        "recipe": p.recipe,
+                        "archive": str(p.archive),
+                        "sha256": p.sha256,
+                        "size": p.size,
+                    }
+                    for p in published
+                ],
+                "missing": missing,
+            }
+        )
+        return 1 if missing else 0
+    try:
+        url = store_url(args.url)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if url is None:
+        raise UsageError("--url: no checkpoint store is set (give --url or LLMBOOK_ZOO_URL)")
+    found = {"cached": [], "fetched": [], "missing": []}
+    for name, recipe in recipes.items():
+        if checkpoint_dir(recipe).is_dir():
+            found["cached"].append(name)
+        elif fetch(recipe, url=url) is not None:
+            found["fetched"].append(name)
+        else:
+            found["missing"].append(name)
+        print(f"llmbook: {name}: {next(k for k, v in found.items() if name in v)}", file=sys.stderr)
+    _emit(
+        {
+            "command": "zoo fetch",
+            "profile": profile,
+            "url": url,
+            "complete": not found["missing"],
+            **found,
+        }
+    )
+    return 0
+
+
+def _zoo_build(args) -> int:
+    from llmbook.zoo.build import build, build_plan
+
+    started = time.perf_counter()
+    names = _zoo_names(args)
     try:
         plan = build_plan(names)
         for name in plan:  # a bad profile or recipe field, before anything trains
