@@ -115,14 +115,17 @@ def _in_kernel() -> bool:
 
 
 def note_checkpoint(entry: dict) -> None:
-    """Add a zoo checkpoint to the record of the run in progress (no-op without one).
+    """Add a zoo checkpoint to the record of the run in progress (no-op without one, and for a
+    checkpoint already noted: the first use, and where it came from, is what the record keeps).
 
     :param entry: JSON-friendly facts about it: recipe, profile, key, source (``"cache"``,
         ``"fetched"`` or ``"trained"``), metrics; see :func:`llmbook.zoo.store.load_or_train`.
     """
     if _current is not None:
         json.dumps(entry)  # a record must stay JSON: fail here, not when the page is built
-        _current.checkpoints.append(dict(entry))
+        same = ("recipe", "profile", "key")
+        if not any(all(c.get(k) == entry.get(k) for k in same) for c in _current.checkpoints):
+            _current.checkpoints.append(dict(entry))  # a model loaded twice is listed once
 
 
 def source_commit() -> str | None:

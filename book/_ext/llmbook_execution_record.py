@@ -183,17 +183,21 @@ def _cell(content) -> nodes.entry:
 
 
 COLUMNS = (
-    ("Chapter", 18),
-    ("Profile", 5),
-    ("Wall time", 6),
-    ("Device", 12),
-    ("Threads", 4),
-    ("torch", 7),
-    ("Commit", 7),
-    ("Seed", 3),
-    ("Executed", 9),
-    ("Zoo checkpoints (key, source: metrics)", 29),
+    ("Chapter", 20),
+    ("Profile", 6),
+    ("Wall time", 7),
+    ("Ran on", 20),
+    ("Commit, executed", 14),
+    ("Zoo checkpoints (key, source: metrics)", 33),
 )
+
+
+def _ran_on(record: dict) -> str:
+    threads = record.get("threads")
+    return (
+        f"{record.get('device')}, {threads} thread{'s' * (threads != 1)}, torch {record.get('torch')}, "
+        f"seed {record.get('seed')}"
+    )
 
 
 def _table(app, fromdoc: str) -> nodes.table:
@@ -217,6 +221,8 @@ def _table(app, fromdoc: str) -> nodes.table:
             continue
         entry = records[docname]
         record = entry.get("record") or {}
+        if not record and docname == env.config.root_doc:
+            continue  # the front page may run a cell or two without recording a run
         row = nodes.row(ids=[row_id(docname)])
         title = env.titles[docname].astext() if docname in env.titles else docname
         link = nodes.reference("", title, internal=True)
@@ -234,20 +240,18 @@ def _table(app, fromdoc: str) -> nodes.table:
             body += row
             continue
         seconds = _seconds(entry)
-        threads = record.get("threads")
         checkpoints = record.get("checkpoints") or []
         items = nodes.bullet_list()
         for c in checkpoints:
             items += nodes.list_item("", nodes.paragraph(text=checkpoint_text(c)))
         row += _cell(record.get("profile", "?"))
         row += _cell("?" if seconds is None else f"{seconds:.1f} s")
-        row += _cell(f"{record.get('device')} ({record.get('device_name')})")
-        row += _cell(threads)
-        row += _cell(record.get("torch"))
-        row += _cell(nodes.literal(text=_short(record.get("commit"))))
-        row += _cell(record.get("seed"))
+        row += _cell(_ran_on(record))
+        when = nodes.paragraph()
+        when += nodes.literal(text=_short(record.get("commit")))
         mtime = entry.get("mtime")
-        row += _cell(_date(mtime) if mtime else "?")
+        when += nodes.Text(f", {_date(mtime) if mtime else 'when unknown'}")
+        row += _cell(when)
         row += _cell(items if checkpoints else "none")
         body += row
     return table
@@ -282,11 +286,13 @@ def _summary(app) -> nodes.paragraph:
     records = [e for e in getattr(app.env, "llmbook_records", {}).values() if e.get("record")]
     total = sum(s for s in (_seconds(e) for e in records) if s is not None)
     profiles = sorted({e["record"].get("profile", "?") for e in records})
+    machines = sorted({str(e["record"].get("device_name")) for e in records})
     return nodes.paragraph(
         text=(
             f"{len(records)} chapters, {total / 60:.1f} minutes of execution in all, "
-            f"profile{'s' * (len(profiles) != 1)} {', '.join(profiles) or 'none'}; "
-            f"this site was built from commit {_site_commit(app)}."
+            f"profile{'s' * (len(profiles) != 1)} {', '.join(profiles) or 'none'}, on "
+            f"{'; '.join(machines) or 'no machine'}; this site was built from commit "
+            f"{_site_commit(app)}."
         ),
         classes=["llmbook-execution-summary"],
     )
@@ -308,7 +314,9 @@ def _badge(app, docname: str) -> nodes.paragraph | None:
         + f", {n} zoo checkpoint{'s' * (n != 1)}). "
     )
     para = nodes.paragraph(classes=["llmbook-run-badge"])
-    para += nodes.Text(text)
+    para += nodes.Text("Executed with the ")
+    para += nodes.strong(text=f"{record.get('profile')} profile")
+    para += nodes.Text(text.removeprefix(f"Executed with the {record.get('profile')} profile"))
     try:
         uri = app.builder.get_relative_uri(docname, pages[0]) + "#" + row_id(docname)
     except Exception:

@@ -181,3 +181,33 @@ def test_every_diagram_loads_and_has_alt_text(site, browser, page):
     assert not broken, f"diagrams that did not load on {page}: {broken}"
     no_alt = [d["src"] for d in diagrams if len(d["alt"]) < 20]
     assert not no_alt, f"diagrams without a real alt text on {page}: {no_alt}"
+
+
+def test_the_execution_record_lists_every_chapter_and_each_chapter_links_to_its_row():
+    # The built site (no browser needed, but the site is the browser tests' fixture): the appendix has
+    # a row with a record for every chapter, and each chapter's line under its title links to it.
+    import sys
+
+    sys.path.insert(0, str(ROOT / "book" / "_ext"))
+    from llmbook_execution_record import row_id
+
+    from tests.book.chapters import chapters
+
+    record_page = "book/appendix/execution-record.html"
+    _ensure_built(record_page)
+    table = (HTML / record_page).read_text(encoding="utf-8")
+    for path in chapters():
+        docname = path.relative_to(ROOT).with_suffix("").as_posix()
+        if docname == "book/intro":
+            continue  # the tour page runs one drawing cell and no recorded run
+        row = re.search(rf'<tr[^>]*id="{row_id(docname)}".*?</tr>', table, re.S)
+        assert row is not None, f"no row for {docname}"
+        assert "no record" not in row.group(0), docname
+        cells = re.sub(r"<[^>]+>", " ", row.group(0))
+        assert re.search(r"\b(cpu|gpu)\b", cells), cells  # the profile
+        assert re.search(r"\b[0-9a-f]{7}(\+dirty)?\b", cells), cells  # the commit
+        page = (HTML / f"{docname}.html").read_text(encoding="utf-8")
+        href = (
+            f"{os.path.relpath(record_page, os.path.dirname(docname + '.html'))}#{row_id(docname)}"
+        )
+        assert f'href="{href}"' in page, f"{docname} does not link to its row ({href})"
