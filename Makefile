@@ -65,7 +65,7 @@ zoo: venv
 # JupyterLab is not part of the dev environment: this installs it (the "notebook" extra) on first use.
 notebook: venv zoo
 	@$(BIN)/python -c "import jupyterlab" 2>/dev/null || $(BIN)/python -m pip install --quiet -e ".[notebook]"
-	$(BIN)/jupyter lab book
+	$(BIN)/jupyter lab book $(if $(filter 0,$(shell id -u)),--allow-root)
 
 mathjax:
 ifeq ($(MATHJAX),local)

@@ -65,7 +65,7 @@ def test_the_book_waits_for_the_tests_and_the_zoo():
     assert "push" not in book["on"]
     jobs = book["jobs"]
     assert jobs["build"]["needs"] == "gate" and "ready == 'true'" in jobs["build"]["if"]
-    assert jobs["deploy"]["needs"] == "build"
+    assert jobs["deploy"]["needs"] == ["build", "notebooks"]
     gate = jobs["gate"]["steps"][0]["run"]
     for needed in ("tests.yml", "zoo.yml", '"completed success"', "commits/main"):
         assert needed in gate, needed
