@@ -91,6 +91,15 @@ def install_cell(requirement: str, project: Project, packages: list[str], source
     q = json.dumps  # a Python string literal in double quotes
     torch = f"torch=={project.torch_version}"
     extra = "".join(f"\n        {q(p)}," for p in packages)
+    # The checkpoint store the site was built with (LLMBOOK_ZOO_URL at build time): zoo models are
+    # fetched by key from there instead of trained (on a Colab GPU the default profile is the full one).
+    url = os.environ.get("LLMBOOK_ZOO_URL", "").strip()
+    store = (
+        "\nimport os\n\n"
+        f'os.environ.setdefault("LLMBOOK_ZOO_URL", {q(url)})  # fetch zoo models, do not train them\n'
+        if url
+        else ""
+    )
     return f"""\
 # Installs what this chapter needs when the llmbook package is missing (Colab, Binder, a downloaded
 # copy), and does nothing where it is installed (the repository's environment): first {torch}
@@ -137,7 +146,7 @@ if importlib.util.find_spec("llmbook") is None:
     )
     importlib.invalidate_caches()
     print("installed llmbook", version("llmbook"), "with torch", version("torch"))
-"""
+{store}"""
 
 
 def runnable_notebook(

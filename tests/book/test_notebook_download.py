@@ -167,6 +167,20 @@ def test_first_cell_installs_nothing_where_llmbook_imports(monkeypatch):
     exec(compile(nb.cells[0].source, "install-cell", "exec"), {})
 
 
+def test_the_first_cell_points_at_the_checkpoint_store_the_site_was_built_with(monkeypatch):
+    ext = _extension()
+    url = "https://github.com/llmbook/llmbook/releases/download/zoo"
+    monkeypatch.setenv("LLMBOOK_ZOO_URL", url)
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail(f"the cell ran {a}"))
+    source = _notebook(ext).cells[0].source
+    env = {}
+    monkeypatch.setattr(os, "environ", env)  # the cell's os.environ.setdefault lands here
+    exec(compile(source, "install-cell", "exec"), {})
+    assert env == {"LLMBOOK_ZOO_URL": url}
+    monkeypatch.undo()
+    assert "LLMBOOK_ZOO_URL" not in _notebook(ext).cells[0].source  # no store, no line
+
+
 def test_install_cell_installs_what_the_chapter_imports_through_llmbook():
     ext = _extension()
     project = ext.Project.read(ROOT)
