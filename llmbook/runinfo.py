@@ -1,9 +1,9 @@
 """A record of where and how a chapter or experiment ran: device, seed, wall time, zoo checkpoints.
 
 Every chapter calls :func:`start_run` at the top and :meth:`RunInfo.finish` at the end. In a notebook
-``finish`` leaves the run's :meth:`~RunInfo.record` in the cell's outputs (mime type
-:data:`RECORD_MIME`, beside the plain summary line), so the record travels with the executed notebook
-through the build's execution cache, and the book's execution-record page is built from it.
+``finish`` leaves the run's :meth:`~RunInfo.record` in the cell's outputs (a hidden output beside the
+printed summary line), so the record travels with the executed notebook through the build's execution
+cache, and the book's execution-record page is built from it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,12 @@ from llmbook.device import default_device, environment_report
 from llmbook.seed import set_seed
 
 RECORD_MIME = "application/vnd.llmbook.run+json"
-"""The mime type of the run record :meth:`RunInfo.finish` displays in a notebook."""
+"""The mime type of the run record :meth:`RunInfo.finish` leaves in a notebook."""
+RECORD_KEY = "llmbook-run-record"
+"""The glue key under which :meth:`RunInfo.finish` leaves the run record in a notebook."""
+# MyST-NB's glue format (as myst_nb.glue(..., display=False) writes it, papermill's record type):
+# hidden from the page and the notebook, collected by the build for executed and cached notebooks.
+_GLUE_PREFIX = "application/papermill.record/"
 
 _current: RunInfo | None = None
 
@@ -87,22 +92,24 @@ class RunInfo:
         }
 
     def finish(self) -> None:
-        """End the run: show the :meth:`summary` line and leave the :meth:`record`.
+        """End the run: print the :meth:`summary` line and leave the :meth:`record`.
 
-        In a Jupyter kernel the two go out as one display: the summary as ``text/plain`` (what a
-        reader sees) and the record as :data:`RECORD_MIME` (what the book's execution-record page
-        reads from the executed notebook). Elsewhere the summary is printed.
+        In a Jupyter kernel the record also goes out as a hidden output in the format of MyST-NB's
+        ``glue`` (key :data:`RECORD_KEY`, mime type :data:`RECORD_MIME`): the book's build reads it
+        from there, for a chapter it executes and for one it takes from the execution cache alike,
+        and a reader sees only the summary line.
 
         Introduced in {doc}`/book/part0/03-environment`.
         """
-        record = self.record()
-        line = self.summary()
+        print(self.summary())
         if _in_kernel():
             from IPython.display import display
 
-            display({RECORD_MIME: record, "text/plain": line}, raw=True)
-        else:
-            print(line)
+            display(
+                {_GLUE_PREFIX + RECORD_MIME: self.record()},
+                metadata={"scrapbook": {"name": RECORD_KEY, "mime_prefix": _GLUE_PREFIX}},
+                raw=True,
+            )
 
 
 def _in_kernel() -> bool:

@@ -1,14 +1,15 @@
 """Sphinx extension: the execution record, the book's answer to "what produced these numbers?".
 
 Every chapter ends with :meth:`llmbook.runinfo.RunInfo.finish`, which leaves the run's record in the
-executed notebook (mime type :data:`llmbook.runinfo.RECORD_MIME`): wall time, device, threads, torch,
+executed notebook (glue key :data:`llmbook.runinfo.RECORD_KEY`): wall time, device, threads, torch,
 commit, seed, profile, and the zoo checkpoints it used with their keys and metrics. The record travels
 with the executed notebook through the build's execution cache, so a chapter that was not executed
 again keeps the record of the run that produced its outputs.
 
 When a notebook has been read (and executed, or matched in the cache), this extension takes the record
-from the executed notebook MyST-NB writes to ``<build>/jupyter_execute/``, and the execution data
-MyST-NB keeps (the notebook's own wall time, how and when it ran). Then:
+from the glue data MyST-NB writes to ``<build>/jupyter_execute/<doc>.glue.json`` (``finish`` leaves it
+as a hidden glue output), and the execution data MyST-NB keeps (the notebook's own wall time, how and
+when it ran). Then:
 
 - the ``{execution-record}`` directive becomes a table with one row per chapter, in reading order,
   each row with the anchor :func:`row_id`;
@@ -29,6 +30,7 @@ from docutils import nodes
 from sphinx.util.docutils import SphinxDirective
 
 RECORD_MIME = "application/vnd.llmbook.run+json"  # llmbook.runinfo.RECORD_MIME (a test checks)
+RECORD_KEY = "llmbook-run-record"  # llmbook.runinfo.RECORD_KEY (a test checks)
 # Metrics shown for a checkpoint: the quality ones; timings, sizes and nested breakdowns stay in
 # the notebook's record.
 _SHOWN_METRIC = re.compile(r"(loss|accuracy|kl|score)")
@@ -55,35 +57,37 @@ def row_id(docname: str) -> str:
     return "run-" + re.sub(r"[^A-Za-z0-9_-]", "-", docname)
 
 
-def record_from_notebook(nb: dict) -> dict | None:
-    """The last run record in an executed notebook (a dict read from ``.ipynb`` JSON), or None."""
-    found = None
-    for cell in nb.get("cells", []):
-        for output in cell.get("outputs", []) if cell.get("cell_type") == "code" else []:
-            data = output.get("data", {})
-            if RECORD_MIME in data:
-                value = data[RECORD_MIME]
-                found = json.loads(value) if isinstance(value, str) else value
-    return found
+def record_from_glue(glue: dict) -> dict | None:
+    """The run record in a notebook's glue data (a dict read from MyST-NB's ``<doc>.glue.json``), or None.
+
+    :param glue: glue key -> the output that holds its data.
+    :returns: the record :meth:`llmbook.runinfo.RunInfo.finish` left, when there is one.
+    """
+    output = glue.get(RECORD_KEY)
+    if not isinstance(output, dict):
+        return None
+    value = output.get("data", {}).get(RECORD_MIME)
+    if isinstance(value, str):  # a JSON mime value written as text
+        value = json.loads(value)
+    return value if isinstance(value, dict) else None
 
 
 def _doc_record(app, docname: str) -> dict | None:
-    executed = Path(app.outdir).parent / "jupyter_execute" / (docname + ".ipynb")
-    if not executed.is_file():
-        return None
-    try:
-        nb = json.loads(executed.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    record = record_from_notebook(nb)
-    try:
-        from myst_nb.sphinx_ import NbMetadataCollector
+    # MyST-NB writes the glue data of every notebook it reads (executed now, or merged from the
+    # execution cache) to <build>/jupyter_execute/<doc>.glue.json; the .ipynb it writes beside it
+    # lacks the outputs of a cached notebook, so the record is taken from the glue data.
+    from myst_nb.sphinx_ import NbMetadataCollector
 
-        exec_data = NbMetadataCollector.get_exec_data(app.env, docname) or {}
-    except (ImportError, KeyError):
-        exec_data = {}
+    if not NbMetadataCollector.get_doc_data(app.env).get(docname, {}).get("exec_data"):
+        return None  # not a notebook, or not executed
+    exec_data = NbMetadataCollector.get_exec_data(app.env, docname) or {}
+    glue_file = Path(app.outdir).parent / "jupyter_execute" / (docname + ".glue.json")
+    try:
+        glue = json.loads(glue_file.read_text(encoding="utf-8")) if glue_file.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        glue = {}
     return {
-        "record": record,
+        "record": record_from_glue(glue),
         "runtime": exec_data.get("runtime"),
         "method": exec_data.get("method"),
         "mtime": exec_data.get("mtime"),

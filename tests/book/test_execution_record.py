@@ -8,15 +8,15 @@ import sys
 
 import pytest
 
-from llmbook.runinfo import RECORD_MIME, note_checkpoint, start_run
+from llmbook.runinfo import RECORD_KEY, RECORD_MIME, note_checkpoint, start_run
 from tests.book.chapters import ROOT
 
 sys.path.insert(0, str(ROOT / "book" / "_ext"))
 import llmbook_execution_record as ext  # noqa: E402
 
 
-def test_the_extension_reads_the_mime_type_runinfo_writes():
-    assert ext.RECORD_MIME == RECORD_MIME
+def test_the_extension_reads_the_glue_key_and_mime_type_runinfo_writes():
+    assert (ext.RECORD_MIME, ext.RECORD_KEY) == (RECORD_MIME, RECORD_KEY)
 
 
 def test_the_record_names_everything_the_page_shows(monkeypatch):
@@ -52,23 +52,15 @@ def test_finish_outside_a_kernel_prints_the_summary(capsys):
     assert out.startswith("Ran on ") and "seed 2" in out
 
 
-def test_record_from_notebook_takes_the_last_record():
-    nb = {
-        "cells": [
-            {"cell_type": "markdown", "source": "x"},
-            {"cell_type": "code", "outputs": [{"output_type": "stream", "text": "hi"}]},
-            {
-                "cell_type": "code",
-                "outputs": [{"output_type": "display_data", "data": {RECORD_MIME: {"seed": 1}}}],
-            },
-            {
-                "cell_type": "code",
-                "outputs": [{"output_type": "display_data", "data": {RECORD_MIME: '{"seed": 2}'}}],
-            },
-        ]
+def test_record_from_glue_reads_the_record_and_nothing_else():
+    glue = {
+        "c41_loss": {"data": {"text/plain": "1.5"}},
+        RECORD_KEY: {"data": {RECORD_MIME: {"seed": 2}}, "metadata": {}},
     }
-    assert ext.record_from_notebook(nb) == {"seed": 2}
-    assert ext.record_from_notebook({"cells": nb["cells"][:2]}) is None
+    assert ext.record_from_glue(glue) == {"seed": 2}
+    assert ext.record_from_glue({RECORD_KEY: {"data": {RECORD_MIME: '{"seed": 3}'}}}) == {"seed": 3}
+    assert ext.record_from_glue({"c41_loss": glue["c41_loss"]}) is None
+    assert ext.record_from_glue({RECORD_KEY: {"data": {"text/plain": "x"}}}) is None
 
 
 def test_checkpoint_text_shows_quality_metrics_only():
@@ -129,17 +121,16 @@ print(1 + 1)
 ```
 """
 
-CONF = f"""\
+CONF = """\
 import sys
-sys.path.insert(0, {str(ROOT / "book" / "_ext")!r})
+sys.path.insert(0, {ext!r})
 extensions = ["myst_nb", "llmbook_execution_record"]
 project = "record test"
 html_theme = "basic"
 nb_execution_mode = "cache"
 nb_execution_timeout = 120
 nb_execution_raise_on_error = True
-# As in the book's _config.yml: the record's own mime type has no renderer (its text/plain is shown).
-suppress_warnings = ["mystnb.unknown_mime_type"]
+nb_execution_cache_path = {cache!r}
 """
 
 
@@ -157,7 +148,9 @@ def _build(src, out):
 def test_the_record_page_lists_each_chapter_and_each_chapter_links_to_its_row(tmp_path):
     src, out = tmp_path / "src", tmp_path / "out"
     src.mkdir()
-    (src / "conf.py").write_text(CONF)
+    (src / "conf.py").write_text(
+        CONF.format(ext=str(ROOT / "book" / "_ext"), cache=str(tmp_path / "cache"))
+    )
     (src / "index.md").write_text("# Book\n\n```{toctree}\nchap-a\nchap-b\nrecord\n```\n")
     (src / "chap-a.md").write_text(CHAPTER.format(title="Chapter A", seed=5))
     (src / "chap-b.md").write_text(NO_RECORD)
@@ -176,6 +169,24 @@ def test_the_record_page_lists_each_chapter_and_each_chapter_links_to_its_row(tm
     assert "Executed with the cpu profile on cpu" in re.sub(r"<[^>]+>", "", chapter)
     assert 'href="record.html#run-chap-a"' in chapter
     assert "Executed with" not in (out / "chap-b.html").read_text()
+
+    # The reader sees the summary line, not the record.
+    assert (
+        "Ran on cpu" in chapter
+        and "llmbook-run-record" not in chapter
+        and "device_name" not in chapter
+    )
+
+    # A fresh build of chapters taken from the execution cache (nothing executes) has the same record.
+    import shutil
+
+    shutil.rmtree(out)
+    _build(src, out)
+    assert "Executed with the cpu profile on cpu" in re.sub(
+        r"<[^>]+>", "", (out / "chap-a.html").read_text()
+    )
+    again = re.search(r'<tr[^>]*id="run-chap-a".*?</tr>', (out / "record.html").read_text(), re.S)
+    assert again is not None and "9711bc3abfd23617" in again.group(0)
 
     # A chapter executed again (its code changed) updates the record page in an incremental build.
     (src / "chap-a.md").write_text(CHAPTER.format(title="Chapter A", seed=6))
