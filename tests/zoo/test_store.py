@@ -159,6 +159,16 @@ def test_a_tampered_weights_file_with_a_matching_archive_sha_is_refused(publishe
         fetch(recipe, url=url)
 
 
+def test_an_archive_without_its_weights_is_refused(published):
+    url, folder, trained, _ = published
+    recipe = resolve("toy", "cpu")
+    top = checkpoint_dir(recipe).name
+    members = {f"{top}/checkpoint.json": (trained.path / "checkpoint.json").read_bytes()}
+    _republish(folder, archive_name(recipe), members)
+    with pytest.raises(CheckpointError, match="model.safetensors does not match"):
+        fetch(recipe, url=url)
+
+
 def test_packing_is_deterministic(published, tmp_path):
     _, folder, trained, _ = published
     first, sha1 = pack(trained.path, tmp_path / "a")
