@@ -126,6 +126,12 @@ def _republish(folder, name, members):
     (folder / (name + ".sha256")).write_text(f"{sha}  {name}\n")
 
 
+def _files_as(checkpoint, recipe):
+    """The files of a checkpoint folder as archive members under ``recipe``'s folder name."""
+    top = checkpoint_dir(recipe).name
+    return {f"{top}/{p.name}": p.read_bytes() for p in sorted(checkpoint.iterdir())}
+
+
 def test_an_archive_with_a_path_outside_its_folder_is_refused(published):
     url, folder, _, other = published
     name = archive_name(resolve("toy", "cpu"))
@@ -139,9 +145,7 @@ def test_a_checkpoint_of_another_key_under_this_name_is_refused(published):
     url, folder, trained, _ = published
     gpu = resolve("toy", "gpu")
     # The cpu checkpoint's files, renamed as the gpu checkpoint: right sha256, wrong key inside.
-    top = checkpoint_dir(gpu).name
-    members = {f"{top}/{p.name}": p.read_bytes() for p in sorted(trained.path.iterdir())}
-    _republish(folder, archive_name(gpu), members)
+    _republish(folder, archive_name(gpu), _files_as(trained.path, gpu))
     with pytest.raises(CheckpointError, match="key"):
         fetch(gpu, url=url)
 
@@ -150,7 +154,7 @@ def test_a_tampered_weights_file_with_a_matching_archive_sha_is_refused(publishe
     url, folder, trained, _ = published
     recipe = resolve("toy", "cpu")
     top = checkpoint_dir(recipe).name
-    members = {f"{top}/{p.name}": p.read_bytes() for p in sorted(trained.path.iterdir())}
+    members = _files_as(trained.path, recipe)
     weights = bytearray(members[f"{top}/model.safetensors"])
     weights[-1] ^= 0x01
     members[f"{top}/model.safetensors"] = bytes(weights)
